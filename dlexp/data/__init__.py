@@ -1,0 +1,1 @@
+"""Datasets: point tables (files or generated spirals) and image folders/zips."""

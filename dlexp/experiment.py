@@ -1,0 +1,226 @@
+"""One experiment, start to end: config -> objects -> k-fold training -> evaluation -> MLflow.
+
+``run_experiment`` is what the ``python -m dlexp`` entrypoint calls for each Hydra job; tests call it
+directly with a composed config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dlexp import plots
+from dlexp.data.points import PointData
+from dlexp.errors import DlexpError
+from dlexp.splits import kfold_indices
+from dlexp.tracking import flatten, git_commit, log_history, mlflow_run, setup_experiment
+from dlexp.training import FoldResult, train_fold
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (must exist here) or ``auto`` (cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DlexpError(f"trainer.device={name}: no CUDA device is available here; use cpu or auto")
+        return torch.device(name)
+    raise DlexpError(f"trainer.device={name!r}: expected cpu, cuda, cuda:N or auto")
+
+
+def configure_torch(trainer: DictConfig) -> torch.device:
+    """Threads and seed for reproducible runs; returns the device to train on."""
+    if trainer.num_threads:
+        torch.set_num_threads(int(trainer.num_threads))
+    torch.manual_seed(trainer.seed)
+    np.random.seed(trainer.seed)
+    return resolve_device(str(trainer.device))
+
+
+@dataclass
+class FoldObjects:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    loss_fn: torch.nn.Module
+
+
+def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, seed: int) -> FoldObjects:
+    """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
+    torch.manual_seed(seed)
+    model = instantiate(cfg.model, in_features=data.n_features, num_classes=data.n_classes).to(device)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())  # _partial_: the parameters come now
+    scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
+    loss_fn = instantiate(cfg.loss).to(device)
+    return FoldObjects(model, optimizer, scheduler, loss_fn)
+
+
+@torch.no_grad()
+def class_probabilities(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model(x).softmax(dim=1)
+
+
+def accuracy(probabilities: torch.Tensor, y: torch.Tensor) -> float:
+    return (probabilities.argmax(dim=1) == y).float().mean().item()
+
+
+def predictor(model: torch.nn.Module, device: torch.device):
+    """A CPU-in, CPU-out class predictor for plotting."""
+    return lambda x: class_probabilities(model, x.to(device)).argmax(dim=1).cpu().numpy()
+
+
+def log_fold(result: FoldResult, model: torch.nn.Module, data: PointData, cfg: DictConfig,
+             device: torch.device, fold_dir: Path, grid) -> None:
+    """One nested MLflow run for a fold: per-epoch series, its best epoch, test accuracy and pictures."""
+    with mlflow_run(f"fold_{result.fold}", nested=True, tags={"dlexp.fold": str(result.fold)}):
+        mlflow.log_params({"fold": result.fold, "n_train": len(result.train_indices),
+                           "n_val": len(result.val_indices)})
+        log_history(result.history)
+        mlflow.log_metrics({
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "best_val_acc": result.best_val_acc,
+            "epochs_run": result.epochs_run,
+            "test_acc": result.test_acc,
+        })
+        pictures = [plots.plot_loss_curves(fold_dir / "loss_curve.png", {f"fold {result.fold}": result.history},
+                                           {f"fold {result.fold}": result.best_epoch})]
+        if grid is not None:
+            x_train, y_train = data.x_train.numpy(), data.y_train.numpy()
+            val = result.val_indices.numpy()
+            is_val = np.zeros(len(y_train), dtype=bool)
+            is_val[val] = True
+            pictures.append(plots.plot_decision_boundary(
+                fold_dir / "decision_boundary.png", predictor(model, device), grid, x_train, y_train,
+                data.class_names, f"fold {result.fold}: best epoch {result.best_epoch}, "
+                f"val acc {result.best_val_acc:.1%}", marked=is_val, marked_label="validation"))
+        for picture in pictures:
+            mlflow.log_artifact(str(picture))
+
+
+def summarise(results: list[FoldResult], ensemble_acc: float, seconds: float) -> dict:
+    """Headline numbers of the run; the fold with the lowest validation loss is the reported model."""
+    best = min(results, key=lambda r: r.best_val_loss)
+    test_accs = np.array([r.test_acc for r in results])
+    return {
+        "test_acc": best.test_acc,
+        "best_fold": best.fold,
+        "best_val_loss": best.best_val_loss,
+        "test_acc_last_fold": results[-1].test_acc,
+        "test_acc_fold_mean": float(test_accs.mean()),
+        "test_acc_fold_std": float(test_accs.std()),
+        "test_acc_ensemble": ensemble_acc,
+        "val_acc_mean": float(np.mean([r.best_val_acc for r in results])),
+        "epochs_run_mean": float(np.mean([r.epochs_run for r in results])),
+        "train_seconds": seconds,
+        "fold_test_acc": {r.fold: r.test_acc for r in results},
+    }
+
+
+def summary_text(summary: dict, data: PointData) -> str:
+    folds = ", ".join(f"{fold}: {acc:.1%}" for fold, acc in summary["fold_test_acc"].items())
+    return "\n".join([
+        f"dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test points, "
+        f"{data.n_features} features, {data.n_classes} classes",
+        f"test accuracy of the reported model (fold {summary['best_fold']}, lowest val loss "
+        f"{summary['best_val_loss']:.4f}): {summary['test_acc']:.2%}",
+        f"test accuracy of the last fold's model: {summary['test_acc_last_fold']:.2%}",
+        f"test accuracy per fold: {folds}",
+        f"mean over folds: {summary['test_acc_fold_mean']:.2%} ± {summary['test_acc_fold_std']:.2%}",
+        f"ensemble of the fold models (mean probabilities): {summary['test_acc_ensemble']:.2%}",
+        f"training time: {summary['train_seconds']:.1f} s",
+    ]) + "\n"
+
+
+def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer = cfg.trainer
+    device = configure_torch(trainer)
+    data: PointData = instantiate(cfg.dataset)
+    folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    grid = (plots.decision_grid([data.x_train, data.x_test], cfg.plots.grid_resolution)
+            if data.n_features == 2 else None)
+
+    setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
+    tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
+            "dlexp.dataset": data.name}
+    if commit := git_commit():
+        tags["mlflow.source.git.commit"] = commit
+    with mlflow_run(cfg.tracking.run_name or data.name, tags=tags):
+        mlflow.log_params(flatten(cfg))
+        (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
+        mlflow.log_artifact(str(plots.plot_data(output_dir / "plots" / "data.png", data.x_train, data.y_train,
+                                                data.x_test, data.y_test, data.class_names)), "plots")
+
+        started = time.perf_counter()
+        results: list[FoldResult] = []
+        models: list[torch.nn.Module] = []
+        for fold, (train_idx, val_idx) in enumerate(folds, start=1):
+            objects = build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
+            generator = torch.Generator().manual_seed(trainer.seed * 1000 + fold)
+            result = train_fold(
+                fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x_train, y_train,
+                torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device),
+                batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
+                generator=generator, min_delta=trainer.min_delta,
+            )
+            result.train_indices, result.val_indices = result.train_indices.cpu(), result.val_indices.cpu()
+            result.test_acc = accuracy(class_probabilities(objects.model, x_test), y_test)
+            log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
+                     fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
+                     100 * result.best_val_acc, 100 * result.test_acc)
+            log_fold(result, objects.model, data, cfg, device, output_dir / "folds" / f"fold_{fold}", grid)
+            results.append(result)
+            models.append(objects.model)
+        seconds = time.perf_counter() - started
+
+        ensemble = torch.stack([class_probabilities(m, x_test) for m in models]).mean(dim=0)
+        summary = summarise(results, accuracy(ensemble, y_test), seconds)
+        best_model = models[summary["best_fold"] - 1]
+        mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
+        write_run_outputs(output_dir, summary, results, best_model, data, device, grid)
+        mlflow.log_artifacts(str(output_dir / "plots"), "plots")
+        for name in ("model.pt", "summary.txt", "summary.json"):
+            mlflow.log_artifact(str(output_dir / name))
+    log.info("\n%s", summary_text(summary, data))
+    return summary
+
+
+def write_run_outputs(output_dir: Path, summary: dict, results: list[FoldResult], best_model: torch.nn.Module,
+                      data: PointData, device: torch.device, grid) -> None:
+    """The run folder's pictures, the best model's weights and the summary files."""
+    plot_dir = output_dir / "plots"
+    plots.plot_loss_curves(plot_dir / "loss_curves.png", {f"fold {r.fold}": r.history for r in results},
+                           {f"fold {r.fold}": r.best_epoch for r in results})
+    if grid is not None:
+        predict = predictor(best_model, device)
+        x_train, y_train = data.x_train.numpy(), data.y_train.numpy()
+        x_test, y_test = data.x_test.numpy(), data.y_test.numpy()
+        wrong = predict(data.x_test) != y_test
+        plots.plot_decision_boundary(plot_dir / "decision_boundary_train.png", predict, grid, x_train, y_train,
+                                     data.class_names, f"fold {summary['best_fold']} model, train points")
+        plots.plot_decision_boundary(plot_dir / "decision_boundary_test.png", predict, grid, x_test, y_test,
+                                     data.class_names, f"fold {summary['best_fold']} model, test points: "
+                                     f"{summary['test_acc']:.1%}", marked=wrong)
+    torch.save({k: v.cpu() for k, v in best_model.state_dict().items()}, output_dir / "model.pt")
+    (output_dir / "summary.txt").write_text(summary_text(summary, data))
+    (output_dir / "summary.json").write_text(json.dumps({**summary, "class_names": data.class_names}, indent=2))

@@ -1,0 +1,111 @@
+"""MLflow plumbing: where the store is, one run per job and one nested run per fold, and how runs end.
+
+The default store is one SQLite file in the project with artifacts beside it, both absolute paths, so
+Hydra's per-job folders never scatter stores around. ``tracking.uri`` may point at a server instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from dlexp import PROJECT_ROOT
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def setup_experiment(uri: str, experiment_name: str, artifact_location: str | None) -> str:
+    """Point MLflow at ``uri`` and return the id of ``experiment_name``, creating it if needed.
+
+    ``artifact_location`` is used only when the experiment is created (a server decides for itself when
+    it is None).
+    """
+    database = sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        location = Path(artifact_location).resolve().as_uri() if artifact_location else None
+        try:
+            experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # Another job of a parallel sweep created it first.
+            experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def flatten(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:
+    """``{"model": {"hidden_dims": [64, 32]}}`` -> ``{"model.hidden_dims": "[64, 32]"}`` for MLflow params."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=True)
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_LENGTH]
+    return flat
+
+
+def git_commit() -> str | None:
+    """The project's current commit, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:5000]
+
+
+@contextmanager
+def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | None = None) -> Iterator:
+    """Start a run and always end it: FINISHED, FAILED (error tagged) or KILLED (interrupted).
+
+    Ending the run on every path is what lets the next job of a sweep start cleanly.
+    """
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags or {}))
+    try:
+        yield run
+    except BaseException as error:
+        killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        mlflow.set_tag("dlexp.error", one_line(error))
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_history(history: Mapping[str, list[float]], run_id: str | None = None) -> None:
+    """Log per-epoch series (``{"val_loss": [...], ...}``, epoch = step + 1) in a few batched calls."""
+    run_id = run_id or mlflow.active_run().info.run_id
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(key, float(value), now, step)
+        for key, values in history.items()
+        for step, value in enumerate(values, start=1)
+    ]
+    MlflowClient().log_batch(run_id, metrics=metrics, synchronous=True)

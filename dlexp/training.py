@@ -1,0 +1,137 @@
+"""Training one fold: shuffled mini-batches by tensor indexing, validation each epoch, early stopping.
+
+Everything here works on tensors already on the device; no DataLoader of single samples sits in the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class EarlyStopping:
+    """Stop when the monitored value has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0) -> None:
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best = float("inf")
+        self.best_epoch = 0
+        self.epochs_without_improvement = 0
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record ``value`` for ``epoch``; return True if it is a new best."""
+        if value < self.best - self.min_delta:
+            self.best = value
+            self.best_epoch = epoch
+            self.epochs_without_improvement = 0
+            return True
+        self.epochs_without_improvement += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.epochs_without_improvement >= self.patience
+
+
+def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A real copy of the weights (``state_dict().copy()`` is shallow and keeps tracking the live tensors)."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def step_scheduler(scheduler, val_loss: float) -> None:
+    """Advance a scheduler once per epoch; ReduceLROnPlateau is the one that needs the validation loss."""
+    if scheduler is None:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
+@dataclass
+class FoldResult:
+    """What one fold's training produced; ``state_dict`` holds the best epoch's weights."""
+
+    fold: int
+    train_indices: torch.Tensor
+    val_indices: torch.Tensor
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    best_val_acc: float = 0.0
+    epochs_run: int = 0
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    test_acc: float | None = None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``(x, y)`` in eval mode."""
+    model.eval()
+    logits = model(x)
+    return loss_fn(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
+
+
+def train_fold(
+    fold: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loss_fn: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_indices: torch.Tensor,
+    val_indices: torch.Tensor,
+    batch_size: int,
+    max_epochs: int,
+    patience: int,
+    generator: torch.Generator,
+    min_delta: float = 0.0,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> FoldResult:
+    """Train ``model`` on ``x[train_indices]``, early-stopping on the loss over ``x[val_indices]``.
+
+    The model ends holding the best epoch's weights, which are also returned as a copy in the result.
+    """
+    x_train, y_train = x[train_indices], y[train_indices]
+    x_val, y_val = x[val_indices], y[val_indices]
+    n = len(y_train)
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_acc": [], "lr": []}
+    stopper = EarlyStopping(patience, min_delta)
+    result = FoldResult(fold=fold, train_indices=train_indices, val_indices=val_indices, history=history)
+    result.state_dict = clone_state(model)
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=generator).to(x.device)
+        total = torch.zeros((), device=x.device)
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x_train[batch]), y_train[batch])
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(batch)
+        val_loss, val_acc = evaluate(model, loss_fn, x_val, y_val)
+        metrics = {
+            "train_loss": total.item() / n,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        for key, value in metrics.items():
+            history[key].append(value)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+        if stopper.step(val_loss, epoch):
+            result.best_epoch, result.best_val_loss, result.best_val_acc = epoch, val_loss, val_acc
+            result.state_dict = clone_state(model)
+        result.epochs_run = epoch
+        if stopper.should_stop:
+            break
+        step_scheduler(scheduler, val_loss)
+    model.load_state_dict(result.state_dict)
+    return result
