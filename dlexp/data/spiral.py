@@ -21,7 +21,7 @@ from dlexp.errors import DlexpError
 
 
 def make_spiral(
-    arms: int = 5, points_per_arm: int = 300, noise: float = 0.2, turns: float = 0.85, seed: int = 0
+    arms: int = 5, points_per_arm: int = 300, noise: float = 0.12, turns: float = 0.85, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(x, y)``: ``arms * points_per_arm`` points in [-1, 1]^2 and their arm index."""
     if arms < 2:
@@ -55,7 +55,7 @@ def split_train_test(
 def generate_point_data(
     arms: int = 5,
     points_per_arm: int = 300,
-    noise: float = 0.2,
+    noise: float = 0.12,
     turns: float = 0.85,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "data", help="folder for the two files")
     parser.add_argument("--arms", type=int, default=5)
     parser.add_argument("--points-per-arm", type=int, default=300)
-    parser.add_argument("--noise", type=float, default=0.2, help="angular jitter in radians")
+    parser.add_argument("--noise", type=float, default=0.12, help="angular jitter in radians")
     parser.add_argument("--turns", type=float, default=0.85, help="how far each arm winds")
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
