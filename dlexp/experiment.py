@@ -61,7 +61,7 @@ class FoldObjects:
 def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, seed: int) -> FoldObjects:
     """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
     torch.manual_seed(seed)
-    model = instantiate(cfg.model, in_features=data.n_features, num_classes=data.n_classes).to(device)
+    model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
     optimizer = instantiate(cfg.optimizer)(model.parameters())  # _partial_: the parameters come now
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
     loss_fn = instantiate(cfg.loss).to(device)

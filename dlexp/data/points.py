@@ -28,6 +28,10 @@ class PointData:
         return self.x_train.shape[1]
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.n_features,)
+
+    @property
     def n_classes(self) -> int:
         return len(self.class_names)
 
