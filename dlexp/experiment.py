@@ -15,10 +15,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp import plots
+from dlexp.config import build, build_partial
 from dlexp.data.points import PointData
 from dlexp.errors import DlexpError
 from dlexp.splits import kfold_indices
@@ -61,10 +61,10 @@ class FoldObjects:
 def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, seed: int) -> FoldObjects:
     """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
     torch.manual_seed(seed)
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())  # _partial_: the parameters come now
-    scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
-    loss_fn = instantiate(cfg.loss).to(device)
+    model = build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
+    optimizer = build_partial("optimizer", cfg.optimizer, model.parameters())
+    scheduler = build_partial("scheduler", cfg.scheduler, optimizer) if cfg.get("scheduler") else None
+    loss_fn = build("loss", cfg.loss).to(device)
     return FoldObjects(model, optimizer, scheduler, loss_fn)
 
 
@@ -152,7 +152,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     device = configure_torch(trainer)
-    data: PointData = instantiate(cfg.dataset)
+    data: PointData = build("dataset", cfg.dataset)
     folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
