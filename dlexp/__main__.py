@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from dlexp.errors import DlexpError
+from dlexp.validation import validate_config
 
 log = logging.getLogger("dlexp")
 
@@ -17,10 +18,11 @@ log = logging.getLogger("dlexp")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the reported test accuracy, so sweepers (e.g. Optuna) can optimise it."""
-    from dlexp.experiment import run_experiment  # heavy imports after Hydra has parsed the command line
-
     hydra_cfg = HydraConfig.get()
     try:
+        validate_config(cfg)  # before the heavy imports, so a typo is reported at once
+        from dlexp.experiment import run_experiment
+
         summary = run_experiment(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
     except DlexpError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -20,25 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from dlexp import plots
 from dlexp.config import build, build_partial
 from dlexp.data.points import PointData
-from dlexp.errors import DlexpError
+from dlexp.devices import resolve_device
 from dlexp.splits import kfold_indices
 from dlexp.tracking import flatten, git_commit, log_history, mlflow_run, setup_experiment
 from dlexp.training import FoldResult, train_fold
+from dlexp.validation import validate_config
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` (must exist here) or ``auto`` (cuda when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DlexpError(f"trainer.device={name}: no CUDA device is available here; use cpu or auto")
-        return torch.device(name)
-    raise DlexpError(f"trainer.device={name!r}: expected cpu, cuda, cuda:N or auto")
 
 
 def configure_torch(trainer: DictConfig) -> torch.device:
@@ -148,6 +136,7 @@ def summary_text(summary: dict, data: PointData) -> str:
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None) -> dict:
     """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow."""
+    validate_config(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
@@ -159,6 +148,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     grid = (plots.decision_grid([data.x_train, data.x_test], cfg.plots.grid_resolution)
             if data.n_features == 2 else None)
 
+    build_fold_objects(cfg, data, device, seed=trainer.seed)  # a config mistake fails here, before any run
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name}

@@ -1,0 +1,92 @@
+"""Every user mistake through the real entrypoint: exit code, a message naming the culprit, no traceback,
+and nothing in the MLflow store that looks like a result."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT
+
+SPIRAL = ["+experiment=spiral", "trainer.max_epochs=2", "plots.grid_resolution=10"]
+
+
+def run_dlexp(args, cwd=PROJECT_ROOT):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "dlexp", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def point_file(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def train_file(name, text, *extra):
+    """Overrides that train and test on a file ``name`` holding ``text``."""
+
+    def overrides(tmp):
+        path = point_file(tmp, name, text)
+        return [f"dataset.train_path={path}", f"dataset.test_path={path}", *extra]
+
+    return overrides
+
+
+GOOD_TRAIN = "".join(f"{i % 3} {i / 10:.1f} {-i / 10:.1f}\n" for i in range(30))
+
+# (id, overrides made from tmp_path, expected fragment of the message, expected exit code)
+CASES = [
+    ("folds<2", lambda t: ["trainer.folds=1"], "trainer.folds=1: expected an integer >= 2", 2),
+    ("folds-type", lambda t: ["trainer.folds=five"], "trainer.folds='five': expected an integer >= 2", 2),
+    ("lr<=0", lambda t: ["optimizer.lr=0"], "optimizer.lr=0: expected a number > 0", 2),
+    ("lr-negative", lambda t: ["optimizer.lr=-0.1"], "optimizer.lr=-0.1: expected a number > 0", 2),
+    ("hidden-empty", lambda t: ["model.hidden_dims=[]"], "model.hidden_dims=[]: expected a non-empty list", 2),
+    ("hidden-nonpositive", lambda t: ["model.hidden_dims=[64,0]"], "model.hidden_dims=[64, 0]", 2),
+    ("patience<0", lambda t: ["trainer.patience=-3"], "trainer.patience=-3: expected an integer >= 0", 2),
+    ("batch<1", lambda t: ["trainer.batch_size=0"], "trainer.batch_size=0: expected an integer >= 1", 2),
+    ("device-cuda", lambda t: ["trainer.device=cuda"], "trainer.device=cuda: no CUDA device", 2),
+    ("device-unknown", lambda t: ["trainer.device=tpu"], "trainer.device='tpu': expected cpu, cuda", 2),
+    ("activation", lambda t: ["model.activation=swish"], "model.activation='swish': unknown activation", 2),
+    ("optimizer-arg", lambda t: ["+optimizer.momentum=0.9"], "optimizer: cannot build torch.optim.Adam", 2),
+    ("unknown-key", lambda t: ["trainer.epochs=3"], "trainer.epochs", 1),
+    ("unknown-group-option", lambda t: ["optimizer=adamm"], "optimizer/adamm", 1),
+    ("missing-file", lambda t: [f"dataset.train_path={t}/nope.txt"], "nope.txt: data file not found", 2),
+    ("empty-file", train_file("e.txt", ""), "e.txt: file is empty", 2),
+    ("ragged", train_file("r.txt", GOOD_TRAIN + "1 0.5\n"),
+     "r.txt:31: ragged row", 2),
+    ("non-numeric", train_file("n.txt", GOOD_TRAIN + "1 0.5 x\n"),
+     "n.txt:31: column 3 is not a number: 'x'", 2),
+    ("nan", train_file("nan.txt", "1 nan 0.5\n" + GOOD_TRAIN),
+     "nan.txt:1: column 2 is not finite: 'nan'", 2),
+    ("inf", train_file("inf.txt", GOOD_TRAIN + "1 0.5 -inf\n"),
+     "inf.txt:31: column 3 is not finite: '-inf'", 2),
+    ("single-class", train_file("one.txt", "1 0 0\n1 1 1\n" * 5),
+     "one.txt: only one class (1)", 2),
+    ("fewer-samples-than-folds",
+     train_file("s.txt", "0 0 0\n1 1 1\n2 2 2\n", "trainer.stratify=false"),
+     "trainer.folds=5: only 3 training samples, fewer than the folds", 2),
+    ("class-smaller-than-folds",
+     train_file("c.txt", GOOD_TRAIN + "7 0 0\n"),
+     "class index 3 has only 1 samples", 2),
+]
+
+
+@pytest.mark.parametrize(("make_overrides", "expected", "code"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_error(tmp_path, store, make_overrides, expected, code):
+    result = run_dlexp([*SPIRAL, *store["overrides"], *make_overrides(tmp_path),
+                        f"hydra.run.dir={tmp_path / 'run'}"])
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert expected in output
+    assert "Traceback" not in output
+    if code == 2:
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(error_lines) == 1, result.stderr
+    # Nothing was started: no run in the store, no summary claiming success.
+    experiment = store["client"].get_experiment_by_name("spiral")
+    assert experiment is None or not store["client"].search_runs([experiment.experiment_id])
+    assert not (tmp_path / "run" / "summary.json").exists()
