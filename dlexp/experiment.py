@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlexp import plots
 from dlexp.data.points import PointData
 from dlexp.errors import DlexpError
+from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.splits import kfold_indices
 from dlexp.tracking import flatten, git_commit, log_history, mlflow_run, setup_experiment
 from dlexp.training import FoldResult, train_fold
@@ -50,6 +51,17 @@ def configure_torch(trainer: DictConfig) -> torch.device:
     return resolve_device(str(trainer.device))
 
 
+def call_partial(group: str, factory, *args):
+    """Call a ``_partial_: true`` config (the parameters / optimizer come at run time).
+
+    torch checks the values only now (e.g. ``nesterov`` without momentum): a bad one is a one-line error.
+    """
+    try:
+        return factory(*args)
+    except (TypeError, ValueError) as error:
+        raise DlexpError(f"{group} ({factory.func.__name__}): {error}") from None
+
+
 @dataclass
 class FoldObjects:
     model: torch.nn.Module
@@ -62,8 +74,9 @@ def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, s
     """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
     torch.manual_seed(seed)
     model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
-    optimizer = instantiate(cfg.optimizer)(model.parameters())  # _partial_: the parameters come now
-    scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
+    optimizer = call_partial("optimizer", instantiate(cfg.optimizer), model.parameters())
+    scheduler = (call_partial("scheduler", instantiate(cfg.scheduler), optimizer)
+                 if cfg.get("scheduler") else None)
     loss_fn = instantiate(cfg.loss).to(device)
     return FoldObjects(model, optimizer, scheduler, loss_fn)
 
@@ -159,6 +172,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     grid = (plots.decision_grid([data.x_train, data.x_test], cfg.plots.grid_resolution)
             if data.n_features == 2 else None)
 
+    # Building the objects once up front stops a bad model/optimizer/scheduler value before any output.
+    probe = build_fold_objects(cfg, data, device, seed=trainer.seed)
+    model_stats = summarize_model(probe.model, data.input_shape)
+
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name}
@@ -168,6 +185,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         mlflow.log_params(flatten(cfg))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
+        log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
         mlflow.log_artifact(str(plots.plot_data(output_dir / "plots" / "data.png", data.x_train, data.y_train,
                                                 data.x_test, data.y_test, data.class_names)), "plots")
 
