@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
-import mlflow
 import torch
 import torchinfo
 from hydra.utils import instantiate
@@ -51,6 +50,8 @@ def summary_text(stats: torchinfo.ModelStatistics, input_shape: Sequence[int], n
 def log_model_summary(stats: torchinfo.ModelStatistics, input_shape: Sequence[int], num_classes: int,
                       output_dir: Path) -> None:
     """Into the active MLflow run: the table as ``model_summary.txt`` and the param ``model.n_params``."""
+    import mlflow  # here, so that inspecting from the command line does not pay for importing MLflow
+
     path = Path(output_dir) / SUMMARY_FILE
     path.write_text(summary_text(stats, input_shape, num_classes))
     mlflow.log_artifact(str(path))
@@ -73,7 +74,7 @@ def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
         shape = data.input_shape if shape is None else shape
         classes = data.n_classes if classes is None else classes
     shape = _positive_ints("inspect.input_shape", shape, "a list of positive sizes such as [1,30,40]")
-    (classes,) = _positive_ints("inspect.num_classes", [classes], "a positive number of classes")
+    (classes,) = _positive_ints("inspect.num_classes", classes, "a positive number of classes")
     return tuple(shape), classes
 
 
