@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dlexp.errors import user_error
+from dlexp.errors import DlexpError
 
 log = logging.getLogger("dlexp")
 
@@ -22,10 +22,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         summary = run_experiment(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
-    except Exception as error:
-        if (mistake := user_error(error)) is None:
-            raise
-        print(f"error: {mistake}", file=sys.stderr)
+    except DlexpError as error:
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     return summary["test_acc"]
 

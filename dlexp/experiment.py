@@ -15,10 +15,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp import plots
+from dlexp.config import build, build_partial
 from dlexp.data.points import PointData
 from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
@@ -51,17 +51,6 @@ def configure_torch(trainer: DictConfig) -> torch.device:
     return resolve_device(str(trainer.device))
 
 
-def call_partial(group: str, factory, *args):
-    """Call a ``_partial_: true`` config (the parameters / optimizer come at run time).
-
-    torch checks the values only now (e.g. ``nesterov`` without momentum): a bad one is a one-line error.
-    """
-    try:
-        return factory(*args)
-    except (TypeError, ValueError) as error:
-        raise DlexpError(f"{group} ({factory.func.__name__}): {error}") from None
-
-
 @dataclass
 class FoldObjects:
     model: torch.nn.Module
@@ -73,11 +62,10 @@ class FoldObjects:
 def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, seed: int) -> FoldObjects:
     """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
     torch.manual_seed(seed)
-    model = instantiate(cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
-    optimizer = call_partial("optimizer", instantiate(cfg.optimizer), model.parameters())
-    scheduler = (call_partial("scheduler", instantiate(cfg.scheduler), optimizer)
-                 if cfg.get("scheduler") else None)
-    loss_fn = instantiate(cfg.loss).to(device)
+    model = build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
+    optimizer = build_partial("optimizer", cfg.optimizer, model.parameters())
+    scheduler = build_partial("scheduler", cfg.scheduler, optimizer) if cfg.get("scheduler") else None
+    loss_fn = build("loss", cfg.loss).to(device)
     return FoldObjects(model, optimizer, scheduler, loss_fn)
 
 
@@ -165,7 +153,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     device = configure_torch(trainer)
-    data: PointData = instantiate(cfg.dataset)
+    data: PointData = build("dataset", cfg.dataset)
     folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)

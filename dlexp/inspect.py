@@ -16,11 +16,11 @@ from pathlib import Path
 import hydra
 import torch
 import torchinfo
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 from torchinfo.enums import Units
 
-from dlexp.errors import DlexpError, user_error
+from dlexp.config import build
+from dlexp.errors import DlexpError
 
 SUMMARY_FILE = "model_summary.txt"
 
@@ -70,7 +70,7 @@ def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
     given = cfg.get("inspect") or {}
     shape, classes = given.get("input_shape"), given.get("num_classes")
     if shape is None or classes is None:
-        data = instantiate(cfg.dataset)
+        data = build("dataset", cfg.dataset)
         shape = data.input_shape if shape is None else shape
         classes = data.n_classes if classes is None else classes
     shape = _positive_ints("inspect.input_shape", shape, "a list of positive sizes such as [1,30,40]")
@@ -82,13 +82,11 @@ def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
 def main(cfg: DictConfig) -> None:
     try:
         input_shape, num_classes = input_spec(cfg)
-        model = instantiate(cfg.model, input_shape=input_shape, num_classes=num_classes)
+        model = build("model", cfg.model, input_shape=input_shape, num_classes=num_classes)
         print(f"model {cfg.model._target_}")
         print(summary_text(summarize_model(model, input_shape), input_shape, num_classes), end="")
-    except Exception as error:
-        if (mistake := user_error(error)) is None:
-            raise
-        print(f"error: {mistake}", file=sys.stderr)
+    except DlexpError as error:
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 

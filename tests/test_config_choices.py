@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
@@ -24,19 +24,17 @@ from dlexp.experiment import build_fold_objects, run_experiment
 from dlexp.splits import kfold_indices
 from dlexp.training import train_fold
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 EPOCHS = 3
 LR = 0.01  # the spiral experiment's learning rate
 SCHED = "torch.optim.lr_scheduler."
 
 
 def compose_spiral(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("config", overrides=["+experiment=spiral", *overrides])
+    return compose_config(["+experiment=spiral", *overrides])
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
+def shared_store(tmp_path_factory) -> Path:
     """One MLflow store for all cases (creating a SQLite store costs seconds)."""
     return tmp_path_factory.mktemp("mlflow")
 
@@ -82,11 +80,11 @@ CASES = [
 
 
 @pytest.mark.parametrize(("case", "overrides", "params", "lrs"), CASES, ids=[case[0] for case in CASES])
-def test_config_choice_trains_spiral_and_is_logged(store, case, overrides, params, lrs):
+def test_config_choice_trains_spiral_and_is_logged(shared_store, case, overrides, params, lrs):
     cfg = compose_spiral([f"trainer.max_epochs={EPOCHS}", "trainer.folds=2", "plots.grid_resolution=20",
-                          f"tracking.uri=sqlite:///{store}/mlflow.db",
-                          f"tracking.artifact_location={store}/artifacts", *overrides])
-    output_dir = store / case
+                          f"tracking.uri=sqlite:///{shared_store}/mlflow.db",
+                          f"tracking.artifact_location={shared_store}/artifacts", *overrides])
+    output_dir = shared_store / case
     summary = run_experiment(cfg, output_dir, overrides)
 
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
@@ -168,9 +166,10 @@ def test_reduce_lr_on_plateau_reacts_to_validation_loss(val_losses, expected_lrs
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["optimizer=sgd", "optimizer.nesterov=true"], "optimizer (SGD): Nesterov momentum requires a momentum"),
-    (["optimizer.lr=-1"], "optimizer (Adam): Invalid learning rate: -1"),
-    (["scheduler=step", "+scheduler.warmup=3"], "scheduler (StepLR): "),
+    (["optimizer=sgd", "optimizer.nesterov=true"],
+     "optimizer: cannot build torch.optim.SGD: Nesterov momentum requires a momentum"),
+    (["optimizer.lr=-1"], "optimizer: cannot build torch.optim.Adam: Invalid learning rate: -1"),
+    (["scheduler=step", "+scheduler.warmup=3"], "scheduler: cannot build torch.optim.lr_scheduler.StepLR: "),
 ])
 def test_bad_optimizer_or_scheduler_value_is_one_line_error(overrides, message):
     cfg = compose_spiral(overrides)

@@ -1,0 +1,37 @@
+"""Shared test helpers: composing the real Hydra configs and a throwaway MLflow store per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+SEED_DATA = PROJECT_ROOT.parent / "shared" / "seed-data"
+
+#: Overrides that make a spiral run take a second or two: for tests of plumbing, not of accuracy.
+QUICK = ["trainer.max_epochs=4", "trainer.folds=2", "plots.grid_resolution=20"]
+
+
+def compose_config(overrides: list[str]):
+    """The config ``python -m dlexp OVERRIDES`` would run, composed through Hydra."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def store(tmp_path) -> dict:
+    """A fresh SQLite MLflow store: ``overrides`` to log into it, ``client`` to read it back."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path / 'artifacts'}"]
+    return {"uri": uri, "overrides": overrides, "client": MlflowClient(tracking_uri=uri), "dir": tmp_path}
+
+
+@pytest.fixture
+def seed_data() -> Path:
+    if not (SEED_DATA / "trainData.txt").is_file():
+        pytest.skip(f"course data not found at {SEED_DATA}")
+    return SEED_DATA
