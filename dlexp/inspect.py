@@ -43,7 +43,7 @@ def summarize_model(model: torch.nn.Module, input_shape: Sequence[int], depth: i
     return stats
 
 
-def summary_text(stats: torchinfo.ModelStatistics, input_shape: Sequence[int], num_classes: int) -> str:
+def model_summary_text(stats: torchinfo.ModelStatistics, input_shape: Sequence[int], num_classes: int) -> str:
     return f"input shape {tuple(input_shape)} (shown as a batch of 1), {num_classes} classes\n{stats}\n"
 
 
@@ -53,7 +53,7 @@ def log_model_summary(stats: torchinfo.ModelStatistics, input_shape: Sequence[in
     import mlflow  # here, so that inspecting from the command line does not pay for importing MLflow
 
     path = Path(output_dir) / SUMMARY_FILE
-    path.write_text(summary_text(stats, input_shape, num_classes))
+    path.write_text(model_summary_text(stats, input_shape, num_classes))
     mlflow.log_artifact(str(path))
     mlflow.log_param("model.n_params", stats.total_params)
 
@@ -84,7 +84,7 @@ def main(cfg: DictConfig) -> None:
         input_shape, num_classes = input_spec(cfg)
         model = build("model", cfg.model, input_shape=input_shape, num_classes=num_classes)
         print(f"model {cfg.model._target_}")
-        print(summary_text(summarize_model(model, input_shape), input_shape, num_classes), end="")
+        print(model_summary_text(summarize_model(model, input_shape), input_shape, num_classes), end="")
     except DlexpError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
