@@ -21,6 +21,7 @@ from dlexp import plots
 from dlexp.config import build, build_partial
 from dlexp.data.points import PointData
 from dlexp.devices import resolve_device
+from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.splits import kfold_indices
 from dlexp.tracking import flatten, git_commit, log_history, mlflow_run, setup_experiment
 from dlexp.training import FoldResult, train_fold
@@ -148,7 +149,9 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     grid = (plots.decision_grid([data.x_train, data.x_test], cfg.plots.grid_resolution)
             if data.n_features == 2 else None)
 
-    build_fold_objects(cfg, data, device, seed=trainer.seed)  # a config mistake fails here, before any run
+    # Building the objects once up front stops a bad model/optimizer/scheduler value before any output.
+    probe = build_fold_objects(cfg, data, device, seed=trainer.seed)
+    model_stats = summarize_model(probe.model, data.input_shape)
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name}
@@ -158,6 +161,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         mlflow.log_params(flatten(cfg))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
+        log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
         mlflow.log_artifact(str(plots.plot_data(output_dir / "plots" / "data.png", data.x_train, data.y_train,
                                                 data.x_test, data.y_test, data.class_names)), "plots")
 
