@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,18 +18,57 @@ from dlexp.errors import DlexpError
 log = logging.getLogger("dlexp")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised by a termination signal, so MLflow runs end KILLED like after Ctrl-C (dlexp.tracking)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``Interrupted`` while a job runs.
+
+    Left alone where a launcher already handles SIGTERM (submitit does, for cluster preemption) and off the
+    main thread, where Python cannot install handlers.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Returns the reported test accuracy, so sweepers (e.g. Optuna) can optimise it."""
+    """Returns the job's ``tracking.best_metric`` (a validation score), so sweepers can optimise it."""
     from dlexp.experiment import run_experiment  # heavy imports after Hydra has parsed the command line
+    from dlexp.sweep import SweepJob
 
     hydra_cfg = HydraConfig.get()
+    output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
+    job = SweepJob.current(hydra_cfg)
     try:
-        summary = run_experiment(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+        with sigterm_as_interrupt():
+            if job is not None:  # a sweep's job: resumable, nested under the sweep's run
+                return job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags))
+            summary = run_experiment(cfg, output_dir, overrides)
     except DlexpError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    return summary["test_acc"]
+    except Interrupted as interrupt:
+        print(f"interrupted: {interrupt}; the MLflow run ended KILLED", file=sys.stderr)
+        sys.exit(128 + interrupt.signum)
+    return summary[cfg.tracking.best_metric]
 
 
 if __name__ == "__main__":
