@@ -65,8 +65,13 @@ class SweepRun(Callback):
         from dlexp.tracking import setup_experiment
 
         tracking = config.tracking
-        # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
-        experiment_id = setup_experiment(tracking.uri, tracking.experiment_name, tracking.artifact_location)
+        try:
+            # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
+            experiment_id = setup_experiment(tracking.uri, tracking.experiment_name,
+                                             tracking.artifact_location)
+        except DlexpError as error:  # Hydra would only warn about a callback's exception
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         client = MlflowClient()
         identity = sweep_hash(config)
         previous = client.search_runs(

@@ -16,6 +16,7 @@ import json
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp import PROJECT_ROOT
+from dlexp.errors import DlexpError
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -39,17 +41,20 @@ def sqlite_path(uri: str) -> Path | None:
 def setup_experiment(uri: str, experiment_name: str, artifact_location: str | None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment_name``, creating it if needed.
 
-    ``artifact_location`` is used only when the experiment is created (a server decides for itself when
-    it is None).
+    ``artifact_location`` is used only when a local store creates the experiment; a server keeps the
+    artifacts itself (``mlflow-artifacts:/``), so jobs on other machines can log them too.
     """
     database = sqlite_path(uri)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
         use_write_ahead_log(database)
+    server = uri.startswith(("http://", "https://"))
+    if server:
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
-        location = Path(artifact_location).resolve().as_uri() if artifact_location else None
+        location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
         try:
             experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
         except mlflow.exceptions.MlflowException:
@@ -59,6 +64,17 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds with a clear line when no MLflow server answers at ``uri`` (MLflow's own client
+    retries for minutes before it gives up)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (OSError, ValueError) as error:
+        raise DlexpError(f"tracking.uri={uri}: no MLflow server answers there ({error}); start one with "
+                         "`python -m dlexp.server` or fix the address") from None
 
 
 def use_write_ahead_log(database: Path) -> None:
