@@ -13,7 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from dlexp.errors import DlexpError
+from dlexp.errors import find_user_error
 
 log = logging.getLogger("dlexp")
 
@@ -62,8 +62,10 @@ def main(cfg: DictConfig) -> float:
             if job is not None:  # a sweep's job: resumable, nested under the sweep's run
                 return job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags))
             summary = run_experiment(cfg, output_dir, overrides)
-    except DlexpError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        if (user_error := find_user_error(error)) is None:
+            raise  # a bug: keep its traceback
+        print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as interrupt:
         print(f"interrupted: {interrupt}; the MLflow run ended KILLED", file=sys.stderr)

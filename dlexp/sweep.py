@@ -29,7 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.errors import DlexpError
+from dlexp.errors import DlexpError, find_user_error
 
 log = logging.getLogger(__name__)
 
@@ -220,13 +220,13 @@ class SweepJob:
         try:
             summary = train(self.tags)
             return float(summary.get(tracking.best_metric, math.nan))
-        except DlexpError as exc:
-            error = str(exc)
+        except BaseException as exc:
+            if (user_error := find_user_error(exc)) is None:
+                error = one_line(exc)
+                raise
+            error = str(user_error)
             print(f"error: {error}", file=sys.stderr)
             return math.nan
-        except BaseException as exc:
-            error = one_line(exc)
-            raise
         finally:
             self.write_record(self.own_run_id(experiment_id), reused=False, error=error)
 
