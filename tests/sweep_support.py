@@ -27,7 +27,8 @@ def run_dlexp(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 def sqlite_store(tmp_path: Path) -> list[str]:
     """Overrides that put the MLflow store and the sweep folder under ``tmp_path``."""
-    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_location={tmp_path}/artifacts",
+    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            f"tracking.artifact_location={tmp_path}/artifacts",
             f"hydra.sweep.dir={tmp_path}/sweep", f"hydra.run.dir={tmp_path}/run"]
 
 

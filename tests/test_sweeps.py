@@ -18,8 +18,9 @@ from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite
 
 def test_parallel_sweep_of_4_jobs_on_2_workers_logs_into_one_store_under_one_sweep_run(tmp_path):
     result = run_dlexp("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *TINY,
-                       "optimizer.lr=0.01,0.003", "model.hidden_dims=[64,32],[16]", "trainer.num_threads=null",
-                       "tracking.experiment_name=parallel", *sqlite_store(tmp_path))
+                       "optimizer.lr=0.01,0.003", "model.hidden_dims=[64,32],[16]",
+                       "trainer.num_threads=null", "tracking.experiment_name=parallel",
+                       *sqlite_store(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "database is locked" not in result.stderr + result.stdout
     assert "error" not in result.stderr.lower()
@@ -100,9 +101,9 @@ def test_rerun_sweep_resumes_only_the_failed_job(tmp_path):
 
 def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "dlexp", "+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=400",
-               "trainer.patience=400", "plots.grid_resolution=20", "tracking.experiment_name=sigterm",
-               *sqlite_store(tmp_path)]
+    command = [sys.executable, "-m", "dlexp", "+experiment=spiral", "trainer.folds=3",
+               "trainer.max_epochs=400", "trainer.patience=400", "plots.grid_resolution=20",
+               "tracking.experiment_name=sigterm", *sqlite_store(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, env=dlexp_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
