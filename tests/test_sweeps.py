@@ -13,6 +13,7 @@ import joblib
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store
 
 
@@ -131,6 +132,22 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
     assert {"best_val_loss", "test_acc", "best_epoch"} <= set(fold.data.metrics)
     history = client.get_metric_history(fold.info.run_id, "val_loss")
     assert len(history) == fold.data.metrics["epochs_run"] == 400
+
+
+def test_optuna_search_maximises_validation_accuracy_and_is_one_sweep_run(tmp_path):
+    result = run_dlexp("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", *TINY,
+                       "tracking.experiment_name=search", *sqlite_store(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    sweeps, jobs, _ = runs_by_kind(client, "search")
+    assert len(sweeps) == 1 and len(jobs) == 3 and {r.info.status for r in jobs} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweeps[0].info.run_id}
+    # Optuna maximised what the jobs returned: the same metric that names the sweep's best job.
+    optuna = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    best = max(jobs, key=lambda r: r.data.metrics["val_acc_mean"])
+    assert optuna.best_value == pytest.approx(best.data.metrics["val_acc_mean"])
+    assert sweeps[0].data.tags["dlexp.best_run_id"] == best.info.run_id
+    assert f"optimizer.lr={optuna.best_params['optimizer.lr']}" in best.data.tags["dlexp.overrides"].split()
 
 
 def test_slurm_launcher_config_composes_with_cluster_settings():
