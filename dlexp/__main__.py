@@ -67,9 +67,9 @@ def main(cfg: DictConfig) -> float:
             raise  # a bug: keep its traceback
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
-    except Interrupted as interrupt:
-        print(f"interrupted: {interrupt}; the MLflow run ended KILLED", file=sys.stderr)
-        sys.exit(128 + interrupt.signum)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM as Interrupted
+        print(f"interrupted: {interrupt or 'Ctrl-C'}; the MLflow run ended KILLED", file=sys.stderr)
+        sys.exit(128 + getattr(interrupt, "signum", signal.SIGINT))
     return summary[cfg.tracking.best_metric]
 
 
