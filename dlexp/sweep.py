@@ -98,7 +98,8 @@ class SweepRun(Callback):
         failed = self.finish(completed=True)
         if failed:
             for row in failed:
-                print(f"error: job #{row['job']} ({row['overrides']}): {row['error']}", file=sys.stderr)
+                reason = row["error"] or f"its run ended {row['status']}"
+                print(f"error: job #{row['job']} ({row['overrides']}): {reason}", file=sys.stderr)
             sys.exit(2)
 
     def finish(self, completed: bool) -> list[dict]:
