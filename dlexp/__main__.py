@@ -70,7 +70,7 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM as Interrupted
         print(f"interrupted: {interrupt or 'Ctrl-C'}; the MLflow run ended KILLED", file=sys.stderr)
         sys.exit(128 + getattr(interrupt, "signum", signal.SIGINT))
-    return summary[cfg.tracking.best_metric]
+    return summary.get(cfg.tracking.best_metric, float("nan"))
 
 
 if __name__ == "__main__":
