@@ -23,7 +23,7 @@ from dlexp.data.points import PointData
 from dlexp.devices import resolve_device
 from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.splits import kfold_indices
-from dlexp.tracking import flatten, git_commit, log_history, mlflow_run, setup_experiment
+from dlexp.tracking import flatten, git_commit, job_tags, log_history, mlflow_run, setup_experiment
 from dlexp.training import FoldResult, train_fold
 from dlexp.validation import validate_config
 
@@ -135,8 +135,12 @@ def summary_text(summary: dict, data: PointData) -> str:
     ]) + "\n"
 
 
-def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None) -> dict:
-    """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow."""
+def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
+                   extra_tags: dict[str, str] | None = None) -> dict:
+    """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow.
+
+    ``extra_tags`` go on the run as well (a sweep job passes ``mlflow.parentRunId`` to nest under its sweep).
+    """
     validate_config(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +158,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     model_stats = summarize_model(probe.model, data.input_shape)
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
-            "dlexp.dataset": data.name}
+            "dlexp.dataset": data.name, **job_tags(cfg), **(extra_tags or {})}
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     with mlflow_run(cfg.tracking.run_name or data.name, tags=tags):

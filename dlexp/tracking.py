@@ -2,12 +2,21 @@
 
 The default store is one SQLite file in the project with artifacts beside it, both absolute paths, so
 Hydra's per-job folders never scatter stores around. ``tracking.uri`` may point at a server instead.
+
+Parallel jobs may share the SQLite file: MLflow (3.x) already gives every session
+``PRAGMA busy_timeout = 20000`` (mlflow/store/db/utils.py), and ``setup_experiment`` switches the file to
+write-ahead logging so readers never block the writer. The store is created once, by the sweep's own
+process (dlexp.sweep), before any job starts: concurrent first-time schema migrations are what breaks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp import PROJECT_ROOT
+from dlexp.errors import DlexpError
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -31,16 +41,20 @@ def sqlite_path(uri: str) -> Path | None:
 def setup_experiment(uri: str, experiment_name: str, artifact_location: str | None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment_name``, creating it if needed.
 
-    ``artifact_location`` is used only when the experiment is created (a server decides for itself when
-    it is None).
+    ``artifact_location`` is used only when a local store creates the experiment; a server keeps the
+    artifacts itself (``mlflow-artifacts:/``), so jobs on other machines can log them too.
     """
     database = sqlite_path(uri)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
+        use_write_ahead_log(database)
+    server = uri.startswith(("http://", "https://"))
+    if server:
+        check_server(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
-        location = Path(artifact_location).resolve().as_uri() if artifact_location else None
+        location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
         try:
             experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
         except mlflow.exceptions.MlflowException:
@@ -50,6 +64,58 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds with a clear line when no MLflow server answers at ``uri`` (MLflow's own client
+    retries for minutes before it gives up)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (OSError, ValueError) as error:
+        raise DlexpError(f"tracking.uri={uri}: no MLflow server answers there ({error}); start one with "
+                         "`python -m dlexp.server` or fix the address") from None
+
+
+def use_write_ahead_log(database: Path) -> None:
+    """Switch a SQLite file to WAL journaling (a persistent property of the file; a no-op once set)."""
+    connection = sqlite3.connect(database, timeout=20)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
+
+
+CONFIG_HASH_TAG = "dlexp.config_hash"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """SHA-256 of the resolved config without ``tracking`` (where a run is logged is not what it trains).
+
+    Two jobs with the same hash train the same thing; resumed sweeps skip a hash that already FINISHED.
+    Data files are named, not read: edit a file in place and the hash stays the same.
+    """
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("tracking", None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def job_tags(cfg: DictConfig) -> dict[str, str]:
+    """Tags of every job's run: its config hash (what resumed sweeps look for) and its torch threads."""
+    import torch
+
+    return {CONFIG_HASH_TAG: config_hash(cfg), "dlexp.torch_threads": str(torch.get_num_threads())}
+
+
+def find_finished_run(experiment_id: str, config_hash_value: str):
+    """The latest FINISHED run of ``experiment_id`` tagged with ``config_hash_value``, or None."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{config_hash_value}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
 
 
 def flatten(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:

@@ -137,11 +137,16 @@ def test_multirun_gives_one_run_per_job(store, tmp_path):
     result = run_cli("-m", "+experiment=spiral", *QUICK, *store["overrides"], "optimizer.lr=0.01,0.001",
                      f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 0, result.stderr
-    parents, children = runs_of(store["client"])
-    job_runs = [r for r in parents if "optimizer.lr" in r.data.params]
+    client = store["client"]
+    runs = client.search_runs([client.get_experiment_by_name("spiral").experiment_id])
+    by_id = {r.info.run_id: r for r in runs}
+    job_runs = [r for r in runs if "optimizer.lr" in r.data.params]
     assert sorted(r.data.params["optimizer.lr"] for r in job_runs) == ["0.001", "0.01"]
     assert all(r.info.status == "FINISHED" for r in job_runs)
-    assert len(children) == 4
+    # Each job's folds are nested under that job; the jobs under the sweep's own run.
+    folds = [r for r in runs if by_id.get(r.data.tags.get("mlflow.parentRunId")) in job_runs]
+    assert len(folds) == 4
+    assert len({r.data.tags["mlflow.parentRunId"] for r in job_runs}) == 1
     assert (tmp_path / "sweep" / "0" / "summary.json").is_file()
     assert (tmp_path / "sweep" / "1" / "summary.json").is_file()
 

@@ -1,0 +1,247 @@
+"""A multirun as one MLflow run: the sweep's parent run, every job's run nested under it, a jobs table.
+
+Hydra calls ``SweepRun`` (``hydra.callbacks`` in conf/config.yaml) in the process that launches the sweep.
+Jobs may run in other processes (joblib) or on other machines (submitit), so everything between the two
+sides goes through the sweep folder, which every launcher shares with its jobs:
+
+- the sweep writes ``mlflow_sweep.json`` (its run id) before any job starts; each job (``SweepJob``) reads
+  it and tags its run with ``mlflow.parentRunId``, which is how MLflow nests runs across processes;
+- each job leaves ``dlexp_job.json`` in its own folder (its run, or the earlier run it reused, or its error);
+  the end of the sweep reads them back into the jobs table and names the best job.
+
+Resuming: each job run carries its config hash (dlexp.tracking.config_hash); with ``tracking.resume`` a job
+whose identical config already FINISHED in the experiment is skipped and reuses that run. Rerunning the same
+sweep command also reuses the same parent run, so a resumed sweep stays one group in the UI.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from dlexp.errors import DlexpError, find_user_error
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "mlflow_sweep.json"
+JOB_FILE = "dlexp_job.json"
+SWEEP_HASH_TAG = "dlexp.sweep_hash"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def sweep_hash(config: DictConfig) -> str:
+    """A sweep's identity: its experiment, its command-line overrides and its sweeper's search space."""
+    import hashlib
+
+    identity = {
+        "experiment": config.tracking.experiment_name,
+        "overrides": sorted(OmegaConf.to_container(config.hydra.overrides.task)),
+        "search_space": OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params"),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class SweepRun(Callback):
+    """Opens the sweep's MLflow run before the jobs start and writes the jobs table when they are done."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.sweep_dir: Path | None = None
+        self.best_metric = "val_acc_mean"
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from dlexp.tracking import setup_experiment
+
+        tracking = config.tracking
+        try:
+            # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
+            experiment_id = setup_experiment(tracking.uri, tracking.experiment_name,
+                                             tracking.artifact_location)
+        except DlexpError as error:  # Hydra would only warn about a callback's exception
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        client = MlflowClient()
+        identity = sweep_hash(config)
+        previous = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{SWEEP_HASH_TAG}` = '{identity}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        ) if tracking.resume else []
+        overrides = " ".join(config.hydra.overrides.task)
+        if previous:
+            self.run_id = previous[0].info.run_id
+            client.update_run(self.run_id, status="RUNNING")
+            log.info("resuming sweep run %s", self.run_id)
+        else:
+            run = client.create_run(experiment_id, run_name=f"sweep {overrides}"[:200],
+                                    tags={SWEEP_HASH_TAG: identity, "dlexp.kind": "sweep",
+                                          "dlexp.overrides": overrides})
+            self.run_id = run.info.run_id
+        self.best_metric = str(tracking.best_metric)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id}))
+        atexit.register(self.finish, completed=False)  # a job raised or was interrupted: end the run anyway
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = self.finish(completed=True)
+        if failed:
+            for row in failed:
+                reason = row["error"] or f"its run ended {row['status']}"
+                print(f"error: job #{row['job']} ({row['overrides']}): {reason}", file=sys.stderr)
+            sys.exit(2)
+
+    def finish(self, completed: bool) -> list[dict]:
+        """Log the jobs table and the best job on the sweep run and end it; returns the jobs that failed.
+
+        FINISHED when every job finished; otherwise KILLED if a job was interrupted, else FAILED.
+        """
+        if self.run_id is None:
+            return []
+        run_id, self.run_id = self.run_id, None
+        from mlflow.entities import RunStatus
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        rows = jobs_table(client, self.sweep_dir)
+        statuses = {row["status"] for row in rows}
+        if completed and statuses <= {"FINISHED"} and rows:
+            status = RunStatus.FINISHED
+        else:
+            status = RunStatus.KILLED if "KILLED" in statuses else RunStatus.FAILED
+        log_jobs_table(client, run_id, rows, self.best_metric, self.sweep_dir)
+        client.set_terminated(run_id, RunStatus.to_string(status))
+        return [row for row in rows if row["status"] != "FINISHED"]
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """Every Hydra job folder of the sweep (Hydra saves ``.hydra/hydra.yaml`` in each)."""
+    return [path.parent.parent for path in sweep_dir.rglob(".hydra/hydra.yaml")]
+
+
+def jobs_table(client, sweep_dir: Path) -> list[dict]:
+    """One row per job: number, overrides, status, whether it reused an earlier run, run id and metrics."""
+    rows = []
+    for folder in job_folders(sweep_dir):
+        hydra_cfg = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra
+        record_file = folder / JOB_FILE
+        record = json.loads(record_file.read_text()) if record_file.exists() else {}
+        row = {"job": int(hydra_cfg.job.num), "overrides": " ".join(hydra_cfg.overrides.task),
+               "status": "MISSING", "reused": record.get("reused", False), "run_id": record.get("run_id"),
+               "error": record.get("error")}
+        if row["run_id"]:
+            run = client.get_run(row["run_id"])
+            row["status"] = run.info.status
+            row.update(run.data.metrics)
+        elif row["error"]:
+            row["status"] = "FAILED"
+        rows.append(row)
+    return sorted(rows, key=lambda row: row["job"])
+
+
+def best_row(rows: list[dict], metric: str) -> dict | None:
+    scored = [row for row in rows
+              if row["status"] == "FINISHED" and not math.isnan(row.get(metric, math.nan))]
+    return max(scored, key=lambda row: row[metric]) if scored else None
+
+
+def log_jobs_table(client, run_id: str, rows: list[dict], metric: str, sweep_dir: Path) -> None:
+    """The table as ``sweep_jobs.json`` (MLflow's table artifact) and ``sweep_jobs.csv``; names the best."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    table.to_csv(sweep_dir / "sweep_jobs.csv", index=False)
+    if rows:
+        client.log_table(run_id, data=table, artifact_file="sweep_jobs.json")
+    client.log_artifact(run_id, str(sweep_dir / "sweep_jobs.csv"))
+    counts = table["status"].value_counts().to_dict() if rows else {}
+    client.log_metric(run_id, "jobs", len(rows))
+    client.log_metric(run_id, "jobs_finished", counts.get("FINISHED", 0))
+    note = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    if (best := best_row(rows, metric)) is not None:
+        client.set_tag(run_id, "dlexp.best_job", f"#{best['job']} {best['overrides']}")
+        client.set_tag(run_id, "dlexp.best_run_id", best["run_id"])
+        client.log_metric(run_id, f"best_{metric}", best[metric])
+        note = f"Best job #{best['job']} ({best['overrides']}): {metric} = {best[metric]:.4f}. {note}"
+    client.set_tag(run_id, "mlflow.note.content", note)
+
+
+@dataclass
+class SweepJob:
+    """The job side of a tracked sweep: its parent run, its folder, and the record it leaves there."""
+
+    parent_run_id: str
+    num: int
+    output_dir: Path
+
+    @classmethod
+    def current(cls, hydra_cfg: DictConfig) -> SweepJob | None:
+        """The running Hydra job as part of a tracked sweep, or None (single run, or no SweepRun callback)."""
+        from hydra.types import RunMode
+
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return None
+        sweep_file = Path(str(hydra_cfg.sweep.dir)) / SWEEP_FILE
+        if not sweep_file.exists():
+            return None
+        parent = json.loads(sweep_file.read_text())["run_id"]
+        return cls(parent, int(hydra_cfg.job.num), Path(hydra_cfg.runtime.output_dir))
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {PARENT_TAG: self.parent_run_id, "dlexp.sweep_job": str(self.num)}
+
+    def run(self, cfg: DictConfig, train: Callable[[dict[str, str]], dict]) -> float:
+        """Skip the job if its config already FINISHED (``tracking.resume``), else ``train(tags)``.
+
+        Returns the job's ``tracking.best_metric`` for sweepers. A user error fails only this job (NaN is
+        returned, the sweep goes on and exits 2 at its end); the record is written on every path.
+        """
+        from dlexp.tracking import config_hash, find_finished_run, one_line, setup_experiment
+
+        tracking = cfg.tracking
+        experiment_id = setup_experiment(tracking.uri, tracking.experiment_name, tracking.artifact_location)
+        if tracking.resume and (previous := find_finished_run(experiment_id, config_hash(cfg))) is not None:
+            log.info("job #%d skipped: its config already FINISHED as run %s", self.num,
+                     previous.info.run_id)
+            self.write_record(previous.info.run_id, reused=True)
+            return previous.data.metrics.get(tracking.best_metric, math.nan)
+        error = None
+        try:
+            summary = train(self.tags)
+            return float(summary.get(tracking.best_metric, math.nan))
+        except BaseException as exc:
+            if (user_error := find_user_error(exc)) is None:
+                error = one_line(exc)
+                raise
+            error = str(user_error)
+            print(f"error: {error}", file=sys.stderr)
+            return math.nan
+        finally:
+            self.write_record(self.own_run_id(experiment_id), reused=False, error=error)
+
+    def own_run_id(self, experiment_id: str) -> str | None:
+        """The run this job started (its output folder is tagged on it), if it got that far."""
+        from mlflow.tracking import MlflowClient
+
+        runs = MlflowClient().search_runs(
+            [experiment_id], filter_string=f"tags.`dlexp.output_dir` = '{self.output_dir}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def write_record(self, run_id: str | None, reused: bool, error: str | None = None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        record = {"job": self.num, "run_id": run_id, "reused": reused, "error": error}
+        (self.output_dir / JOB_FILE).write_text(json.dumps(record, indent=2))

@@ -1,0 +1,161 @@
+"""Sweeps end to end, as users run them: parallel jobs into one SQLite store, one parent run per sweep,
+resuming after a failure, SIGTERM ending a run KILLED, and the cluster launcher config."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import joblib
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store
+
+
+def test_parallel_sweep_of_4_jobs_on_2_workers_logs_into_one_store_under_one_sweep_run(tmp_path):
+    result = run_dlexp("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *TINY,
+                       "optimizer.lr=0.01,0.003", "model.hidden_dims=[64,32],[16]",
+                       "trainer.num_threads=null", "tracking.experiment_name=parallel",
+                       *sqlite_store(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stderr + result.stdout
+    assert "error" not in result.stderr.lower()
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    sweeps, jobs, folds = runs_by_kind(client, "parallel")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    sweep = sweeps[0]
+    assert len(jobs) == 4 and {r.info.status for r in jobs} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweep.info.run_id}
+    assert sorted(r.data.tags["dlexp.sweep_job"] for r in jobs) == ["0", "1", "2", "3"]
+    assert len({r.data.tags["dlexp.config_hash"] for r in jobs}) == 4
+    # Each job's folds are nested under that job.
+    assert len(folds) == 8 and {r.info.status for r in folds} == {"FINISHED"}
+    job_ids = {r.info.run_id for r in jobs}
+    assert all(sum(f.data.tags["mlflow.parentRunId"] == j for f in folds) == 2 for j in job_ids)
+    # joblib sizes each worker's torch threads to cores // workers when the config leaves them free.
+    assert {r.data.tags["dlexp.torch_threads"] for r in jobs} == {str(max(joblib.cpu_count() // 2, 1))}
+
+    # The sweep run holds the jobs table and names the best job by validation accuracy.
+    table = json.loads((tmp_path / "artifacts" / sweep.info.run_id / "artifacts" / "sweep_jobs.json")
+                       .read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert sorted(row["job"] for row in rows) == [0, 1, 2, 3]
+    assert {row["run_id"] for row in rows} == job_ids
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        assert row["val_acc_mean"] == pytest.approx(run.data.metrics["val_acc_mean"])
+        assert row["overrides"] == run.data.tags["dlexp.overrides"]
+    best = max(jobs, key=lambda r: r.data.metrics["val_acc_mean"])
+    assert sweep.data.tags["dlexp.best_run_id"] == best.info.run_id
+    assert sweep.data.metrics["best_val_acc_mean"] == pytest.approx(best.data.metrics["val_acc_mean"])
+    assert sweep.data.metrics["jobs_finished"] == 4
+    assert (tmp_path / "sweep" / "sweep_jobs.csv").read_text().count("FINISHED") == 4
+
+
+def write_points(path, source, broken: bool) -> None:
+    text = source.read_text()
+    path.write_text(text + "1.0 0.5\n" if broken else text)  # a ragged last row is a user error
+
+
+def test_rerun_sweep_resumes_only_the_failed_job(tmp_path):
+    source = ROOT / "data" / "trainData.txt"
+    names = [tmp_path / f"train_{name}.txt" for name in "abc"]
+    for path in names:
+        write_points(path, source, broken=path.name == "train_b.txt")
+    command = ["-m", *TINY, "tracking.experiment_name=resume", *sqlite_store(tmp_path),
+               "dataset.train_path=" + ",".join(str(p) for p in names)]
+
+    first = run_dlexp(*command)
+    assert first.returncode == 2
+    assert "error: job #1" in first.stderr and "train_b.txt" in first.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    sweeps, jobs, _ = runs_by_kind(client, "resume")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FAILED"
+    first_runs = {r.data.tags["dlexp.sweep_job"]: r.info.run_id for r in jobs}
+    assert sorted(first_runs) == ["0", "2"] and {r.info.status for r in jobs} == {"FINISHED"}
+
+    write_points(names[1], source, broken=False)  # the cause fixed, the same command again
+    second = run_dlexp(*command)
+    assert second.returncode == 0, second.stderr[-3000:]
+    records = {r["job"]: r for r in (json.loads((tmp_path / "sweep" / str(n) / "dlexp_job.json").read_text())
+                                     for n in range(3))}
+    assert [records[n]["reused"] for n in range(3)] == [True, False, True]
+    assert records[0]["run_id"] == first_runs["0"] and records[2]["run_id"] == first_runs["2"]
+
+    sweeps, jobs, _ = runs_by_kind(client, "resume")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"  # the same sweep run, resumed
+    assert len(jobs) == 3 and {r.info.status for r in jobs} == {"FINISHED"}  # no duplicates
+    assert len({r.data.tags["dlexp.config_hash"] for r in jobs}) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweeps[0].info.run_id}
+    assert sweeps[0].data.metrics["jobs_finished"] == 3
+
+    forced = run_dlexp(*command, "tracking.resume=false")  # the flag that forces a rerun
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert len(runs_by_kind(client, "resume")[1]) == 6
+
+
+def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, "-m", "dlexp", "+experiment=spiral", "trainer.folds=3",
+               "trainer.max_epochs=400", "trainer.patience=400", "plots.grid_resolution=20",
+               "tracking.experiment_name=sigterm", *sqlite_store(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, env=dlexp_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        client, deadline = MlflowClient(uri), time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("sigterm") is not None:
+                _, _, folds = runs_by_kind(client, "sigterm")
+                if any(r.info.status == "FINISHED" for r in folds):
+                    break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr
+
+    _, jobs, folds = runs_by_kind(client, "sigterm")
+    assert len(jobs) == 1 and jobs[0].info.status == "KILLED"
+    assert "stopped by SIGTERM" in jobs[0].data.tags["dlexp.error"]
+    finished = [r for r in folds if r.info.status == "FINISHED"]
+    assert finished and len(finished) < 3 and all(r.info.status in ("FINISHED", "KILLED") for r in folds)
+    fold = finished[0]
+    assert {"best_val_loss", "test_acc", "best_epoch"} <= set(fold.data.metrics)
+    history = client.get_metric_history(fold.info.run_id, "val_loss")
+    assert len(history) == fold.data.metrics["epochs_run"] == 400
+
+
+def test_optuna_search_maximises_validation_accuracy_and_is_one_sweep_run(tmp_path):
+    result = run_dlexp("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", *TINY,
+                       "tracking.experiment_name=search", *sqlite_store(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    sweeps, jobs, _ = runs_by_kind(client, "search")
+    assert len(sweeps) == 1 and len(jobs) == 3 and {r.info.status for r in jobs} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweeps[0].info.run_id}
+    # Optuna maximised what the jobs returned: the same metric that names the sweep's best job.
+    optuna = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    best = max(jobs, key=lambda r: r.data.metrics["val_acc_mean"])
+    assert optuna.best_value == pytest.approx(best.data.metrics["val_acc_mean"])
+    assert sweeps[0].data.tags["dlexp.best_run_id"] == best.info.run_id
+    assert f"optimizer.lr={optuna.best_params['optimizer.lr']}" in best.data.tags["dlexp.overrides"].split()
+
+
+def test_slurm_launcher_config_composes_with_cluster_settings():
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                           "hydra.launcher.gpus_per_node=1"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 60)
+    assert launcher.setup == ["export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK"]
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "dlexp.sweep.SweepRun"
