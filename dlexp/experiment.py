@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from dlexp.devices import resolve_device
 from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.splits import kfold_indices
 from dlexp.tracking import flatten, git_commit, job_tags, log_history, mlflow_run, setup_experiment
-from dlexp.training import FoldResult, train_fold
+from dlexp.training import FoldResult, predict_logits, train_fold
 from dlexp.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,9 @@ def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, s
     return FoldObjects(model, optimizer, scheduler, loss_fn)
 
 
-@torch.no_grad()
-def class_probabilities(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return model(x).softmax(dim=1)
+def class_probabilities(model: torch.nn.Module, x: torch.Tensor, transform=None) -> torch.Tensor:
+    """Softmax outputs in eval mode; ``transform`` (the data's eval transform, if any) prepares ``x``."""
+    return predict_logits(model, x, transform).softmax(dim=1)
 
 
 def accuracy(probabilities: torch.Tensor, y: torch.Tensor) -> float:
@@ -123,6 +123,7 @@ def summarise(results: list[FoldResult], ensemble_acc: float, seconds: float) ->
 def summary_text(summary: dict, data: PointData) -> str:
     folds = ", ".join(f"{fold}: {acc:.1%}" for fold, acc in summary["fold_test_acc"].items())
     return "\n".join([
+        data.describe() if hasattr(data, "describe") else
         f"dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test points, "
         f"{data.n_features} features, {data.n_classes} classes",
         f"test accuracy of the reported model (fold {summary['best_fold']}, lowest val loss "
@@ -147,7 +148,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     trainer = cfg.trainer
     device = configure_torch(trainer)
     data: PointData = build("dataset", cfg.dataset)
-    folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify)
+    groups = getattr(data, "groups", None)  # image data split by specimen: no specimen in two folds
+    folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, groups)
+    train_transform = getattr(data, "train_transform", None)
+    eval_transform = getattr(data, "eval_transform", None)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     grid = (plots.decision_grid([data.x_train, data.x_test], cfg.plots.grid_resolution)
@@ -159,6 +163,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name, **job_tags(cfg), **(extra_tags or {})}
+    if hasattr(data, "split_note"):
+        tags["dlexp.split"] = data.split_note()
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     with mlflow_run(cfg.tracking.run_name or data.name, tags=tags):
@@ -166,8 +172,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
         log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
-        mlflow.log_artifact(str(plots.plot_data(output_dir / "plots" / "data.png", data.x_train, data.y_train,
-                                                data.x_test, data.y_test, data.class_names)), "plots")
+        mlflow.log_artifact(str(data_picture(output_dir / "plots", data)), "plots")
 
         started = time.perf_counter()
         results: list[FoldResult] = []
@@ -180,9 +185,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
                 torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device),
                 batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
                 generator=generator, min_delta=trainer.min_delta,
+                train_transform=train_transform, eval_transform=eval_transform,
             )
             result.train_indices, result.val_indices = result.train_indices.cpu(), result.val_indices.cpu()
-            result.test_acc = accuracy(class_probabilities(objects.model, x_test), y_test)
+            result.test_acc = accuracy(class_probabilities(objects.model, x_test, eval_transform), y_test)
             log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
                      fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
                      100 * result.best_val_acc, 100 * result.test_acc)
@@ -191,16 +197,60 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
             models.append(objects.model)
         seconds = time.perf_counter() - started
 
-        ensemble = torch.stack([class_probabilities(m, x_test) for m in models]).mean(dim=0)
+        ensemble = torch.stack([class_probabilities(m, x_test, eval_transform) for m in models]).mean(dim=0)
         summary = summarise(results, accuracy(ensemble, y_test), seconds)
         best_model = models[summary["best_fold"] - 1]
         mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
+        predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
+        log_classification(output_dir / "plots", summary, data, predicted)
         write_run_outputs(output_dir, summary, results, best_model, data, device, grid)
         mlflow.log_artifacts(str(output_dir / "plots"), "plots")
         for name in ("model.pt", "summary.txt", "summary.json"):
             mlflow.log_artifact(str(output_dir / name))
     log.info("\n%s", summary_text(summary, data))
     return summary
+
+
+def data_picture(plot_dir: Path, data) -> Path:
+    """Images: a grid of training samples with their labels (as the course's dataset tester shows);
+    points: train and test scatter."""
+    if len(data.input_shape) != 3:
+        return plots.plot_data(plot_dir / "data.png", data.x_train, data.y_train, data.x_test, data.y_test,
+                               data.class_names)
+    y = data.y_train.numpy()
+    per_class = max(1, 32 // data.n_classes)
+    picks = np.concatenate([np.flatnonzero(y == c)[:: max(1, (y == c).sum() // per_class)][:per_class]
+                            for c in range(data.n_classes)])
+    return plots.plot_image_grid(plot_dir / "samples.png", data.x_train[picks],
+                                 [data.class_names[y[i]] for i in picks],
+                                 f"{data.name}: training samples ({len(y)} images)")
+
+
+def metric_name(text: str) -> str:
+    """A class name as an MLflow metric key part (letters, digits, _ - . space and / only)."""
+    return re.sub(r"[^\w\-. /]", "_", text)
+
+
+def log_classification(plot_dir: Path, summary: dict, data, predicted: torch.Tensor) -> None:
+    """The reported model on the test set: confusion matrix and per-class accuracy (pictures and metrics),
+    for images the misclassified test images, and for a grouped split the headline ``test_acc_grouped``."""
+    y_test = data.y_test.numpy()
+    predicted = predicted.numpy()
+    title = f"fold {summary['best_fold']} model on the test set: {summary['test_acc']:.1%}"
+    per_class = plots.per_class_accuracy(y_test, predicted, data.n_classes)
+    plots.plot_confusion_matrix(plot_dir / "confusion_matrix.png", y_test, predicted, data.class_names, title)
+    plots.plot_per_class_accuracy(plot_dir / "per_class_accuracy.png", per_class, data.class_names, title)
+    mlflow.log_metrics({f"test_acc_class.{metric_name(name)}": float(acc)
+                        for name, acc in zip(data.class_names, per_class, strict=True) if not np.isnan(acc)})
+    if getattr(data, "grouped", False):
+        mlflow.log_metric("test_acc_grouped", summary["test_acc"])
+    if len(data.input_shape) == 3:
+        wrong = np.flatnonzero(predicted != y_test)[:48]
+        plots.plot_image_grid(
+            plot_dir / "misclassified.png", data.x_test[wrong],
+            [f"true: {data.class_names[y_test[i]]}\npred: {data.class_names[predicted[i]]}" for i in wrong],
+            f"misclassified test images: {int((predicted != y_test).sum())} of {len(y_test)} (first 48)",
+            columns=6)
 
 
 def write_run_outputs(output_dir: Path, summary: dict, results: list[FoldResult], best_model: torch.nn.Module,

@@ -1,4 +1,5 @@
-"""Pictures of a run: data scatter, loss curves, decision boundaries. Each function writes one PNG.
+"""Pictures of a run: data scatter, loss curves, decision boundaries, confusion matrix, per-class accuracy
+and image grids. Each function writes one PNG.
 
 Matplotlib runs headless (Agg) and every figure is closed after saving, so sweeps don't leak memory.
 """
@@ -103,4 +104,73 @@ def plot_decision_boundary(
     ax.set_xlim(gx.min(), gx.max())
     ax.set_ylim(gy.min(), gy.max())
     ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(path: Path, y_true, y_pred, class_names: Sequence[str], title: str) -> Path:
+    """Counts of true class (rows) against predicted class (columns), each cell written out."""
+    from sklearn.metrics import confusion_matrix
+
+    n = len(class_names)
+    matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), labels=np.arange(n))
+    fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.2 * n + 2))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_xticks(range(n), class_names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def per_class_accuracy(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Accuracy within each true class (recall); NaN for a class absent from ``y_true``."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return np.array([(y_pred[y_true == c] == c).mean() if (y_true == c).any() else np.nan
+                     for c in range(n_classes)])
+
+
+def plot_per_class_accuracy(path: Path, accuracies: np.ndarray, class_names: Sequence[str],
+                            title: str) -> Path:
+    """One bar per class: the share of its test samples predicted right."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(class_names)), 4))
+    colours = plt.get_cmap(CMAP)
+    ax.bar(range(len(class_names)), np.nan_to_num(accuracies), color=[colours(i % 10) for i in
+                                                                      range(len(class_names))])
+    for i, acc in enumerate(accuracies):
+        label = "n/a" if np.isnan(acc) else f"{acc:.0%}"
+        ax.text(i, np.nan_to_num(acc) + 0.02, label, ha="center", fontsize=8)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_image_grid(path: Path, images: torch.Tensor, captions: Sequence[str], title: str,
+                    columns: int = 8) -> Path:
+    """uint8 ``N x 3 x H x W`` images in a grid (torchvision's make_grid), each with its caption."""
+    from torchvision.utils import make_grid
+
+    pad = 2
+    columns = max(1, min(columns, len(images)))
+    fig_w = columns * 1.8
+    rows = -(-len(images) // columns) if len(images) else 1
+    fig, ax = plt.subplots(figsize=(fig_w, rows * 1.9 + 0.6))
+    if len(images):
+        grid = make_grid(images, nrow=columns, padding=pad, pad_value=255)
+        ax.imshow(grid.permute(1, 2, 0).numpy())
+        height, width = images.shape[2] + pad, images.shape[3] + pad
+        for k, caption in enumerate(captions):
+            row, col = divmod(k, columns)
+            ax.text(col * width + pad + 1, row * height + pad + 1, caption, fontsize=6, va="top",
+                    bbox={"facecolor": "white", "alpha": 0.75, "pad": 1, "linewidth": 0})
+    else:
+        ax.text(0.5, 0.5, "none", ha="center", va="center")
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
     return _save(fig, path)

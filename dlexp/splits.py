@@ -51,3 +51,41 @@ def kfold_indices(
     else:
         splitter = KFold(folds, shuffle=True, random_state=seed)
     return [(tr, va) for tr, va in splitter.split(np.zeros(n), labels)]
+
+
+def holdout_indices(
+    labels: np.ndarray, test_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split off a test set: ``(train_indices, test_indices)``, both sorted.
+
+    Without ``groups``, a stratified row split. With ``groups``, whole groups go to the test set, chosen
+    per class (a group counts for its most frequent class): ``round(test_fraction * n)`` of a class's
+    ``n`` groups, at least one whenever the class has two or more, so every class is tested where
+    possible and no group is in both sets.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        from sklearn.model_selection import train_test_split
+
+        _, counts = np.unique(labels, return_counts=True)
+        stratify = labels if counts.min() >= 2 else None
+        train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed,
+                                       stratify=stratify)
+        return np.sort(train), np.sort(test)
+    groups = np.asarray(groups)
+    names = np.unique(groups)
+    if len(names) < 2:
+        raise DlexpError(f"only {len(names)} group in the data; a grouped test split needs two or more")
+    main_class = {g: np.bincount(labels[groups == g]).argmax() for g in names}
+    test_groups: list = []
+    for cls in np.unique(labels):
+        members = [g for g in names if main_class[g] == cls]
+        if len(members) < 2:
+            continue
+        take = min(len(members) - 1, max(1, round(test_fraction * len(members))))
+        test_groups += list(rng.choice(members, size=take, replace=False))
+    if not test_groups:
+        test_groups = [rng.choice(names)]
+    is_test = np.isin(groups, test_groups)
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)

@@ -68,11 +68,24 @@ class FoldResult:
     test_acc: float | None = None
 
 
+Transform = Callable[[torch.Tensor], torch.Tensor]
+EVAL_CHUNK = 1024  # rows per forward pass when evaluating, to bound memory on large (image) sets
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` on ``(x, y)`` in eval mode."""
+def predict_logits(model: nn.Module, x: torch.Tensor, transform: Transform | None = None,
+                   chunk: int = EVAL_CHUNK) -> torch.Tensor:
+    """``model``'s logits for ``x`` in eval mode, ``chunk`` rows at a time, each through ``transform``."""
     model.eval()
-    logits = model(x)
+    parts = [x[start : start + chunk] for start in range(0, len(x), chunk)]
+    return torch.cat([model(transform(part) if transform else part) for part in parts])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             transform: Transform | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``(x, y)`` in eval mode."""
+    logits = predict_logits(model, x, transform)
     return loss_fn(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
 
 
@@ -92,8 +105,13 @@ def train_fold(
     generator: torch.Generator,
     min_delta: float = 0.0,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    train_transform: Transform | None = None,
+    eval_transform: Transform | None = None,
 ) -> FoldResult:
     """Train ``model`` on ``x[train_indices]``, early-stopping on the loss over ``x[val_indices]``.
+
+    ``train_transform``/``eval_transform`` turn a batch of stored rows into model inputs (for images:
+    augmentation, float conversion, normalisation); without them the rows go in as they are.
 
     The model ends holding the best epoch's weights, which are also returned as a copy in the result.
     """
@@ -111,11 +129,12 @@ def train_fold(
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[batch]), y_train[batch])
+            inputs = x_train[batch] if train_transform is None else train_transform(x_train[batch])
+            loss = loss_fn(model(inputs), y_train[batch])
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(batch)
-        val_loss, val_acc = evaluate(model, loss_fn, x_val, y_val)
+        val_loss, val_acc = evaluate(model, loss_fn, x_val, y_val, eval_transform)
         metrics = {
             "train_loss": total.item() / n,
             "val_loss": val_loss,
