@@ -187,6 +187,8 @@ def decode_rgb(data: bytes, where: str) -> torch.Tensor:
     Grayscale, palette, RGBA, CMYK and 16-bit images are converted, not rejected; formats torchvision
     cannot decode go through PIL. Undecodable bytes raise a DlexpError naming ``where``.
     """
+    if not data:
+        raise DlexpError(f"{where}: not a readable image (the file is empty)")
     try:
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError:
