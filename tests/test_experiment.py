@@ -53,8 +53,9 @@ def test_run_logs_parent_and_fold_runs_with_metrics_and_artifacts(store, tmp_pat
     assert parent.data.tags["dlexp.overrides"] == " ".join(overrides)
     assert len(parent.data.tags["mlflow.source.git.commit"]) == 40
     assert artifact_paths(client, parent.info.run_id) == [
-        "config_resolved.yaml", "model.pt", "model_summary.txt", "plots/data.png", "plots/decision_boundary_test.png",
-        "plots/decision_boundary_train.png", "plots/loss_curves.png", "summary.json", "summary.txt"]
+        "config_resolved.yaml", "model.pt", "model_summary.txt", "plots/confusion_matrix.png", "plots/data.png",
+        "plots/decision_boundary_test.png", "plots/decision_boundary_train.png", "plots/loss_curves.png",
+        "plots/per_class_accuracy.png", "summary.json", "summary.txt"]
 
     for child in children:
         fold = int(child.data.params["fold"])
