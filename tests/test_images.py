@@ -48,8 +48,8 @@ def make_image(path: Path, mode: str, fmt: str, height: int, width: int, seed: i
 
 @pytest.fixture(scope="module")
 def bees(tmp_path_factory) -> dict:
-    """12 images of 3 species (4 specimens of 2 photos... in bursts), different sizes and kinds, names with
-    spaces; a CSV with the columns in another order; a folder, a zip and a zip with a folder prefix."""
+    """24 images of 3 species (12 specimens, 2 photos each), different sizes and kinds, names with spaces;
+    a CSV with the columns in another order; a folder, a zip and a zip with a folder prefix."""
     root = tmp_path_factory.mktemp("bees")
     folder = root / "my photos"
     folder.mkdir()
@@ -182,6 +182,8 @@ def test_decode_all_caches_by_files_and_size(tmp_path, bees, monkeypatch):
     monkeypatch.setattr(image_module, "DataLoader", no_decoding)
     assert torch.equal(decode_all(dataset, (20, 16), num_workers=2, cache_dir=tmp_path / "cache"), first)
     monkeypatch.undo()
+    next((tmp_path / "cache").glob("images-*.pt")).write_bytes(b"damaged")
+    assert torch.equal(decode_all(dataset, (20, 16), num_workers=0, cache_dir=tmp_path / "cache"), first)
     other = decode_all(dataset, (24, 16), num_workers=0, cache_dir=tmp_path / "cache")
     assert other.shape == (24, 3, 24, 16)
     assert len(list((tmp_path / "cache").glob("images-*.pt"))) == 2

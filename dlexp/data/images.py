@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -311,10 +312,14 @@ def decode_all(
     """
     cache_file = Path(cache_dir) / f"images-{_cache_key(dataset, size)}.pt" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
-        images = torch.load(cache_file, weights_only=True)
-        if images.shape[0] == len(dataset):
-            log.info("images: loaded %d decoded images from %s", len(dataset), cache_file)
-            return images
+        try:
+            images = torch.load(cache_file, weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:  # damaged: decode again
+            log.warning("images: ignoring unreadable cache %s (%s)", cache_file, error)
+        else:
+            if images.shape[0] == len(dataset):
+                log.info("images: loaded %d decoded images from %s", len(dataset), cache_file)
+                return images
     saved = dataset.transform, dataset.return_label_name
     dataset.transform, dataset.return_label_name = resize_transform(size), False
     try:
