@@ -52,8 +52,9 @@ def test_grouped_experiment_end_to_end(store):
     metrics = parent.data.metrics
     assert parent.info.status == "FINISHED" and len(folds) == 3
     assert metrics["test_acc_grouped"] == pytest.approx(summary["test_acc"])
-    # Three whole specimens (one per species) are unseen: chance is 1/3; a few epochs already do better.
-    assert metrics["test_acc_grouped"] > 0.45
+    # Three whole specimens (one per species) are unseen: chance is 1/3; a few epochs already do better
+    # (here 50% for the reported fold, 55% over the folds; the README's longer runs average 55%).
+    assert metrics["test_acc_grouped"] > 0.40 and metrics["test_acc_fold_mean"] > 0.45
     assert {f"test_acc_class.{s}" for s in SPECIES} <= set(metrics)
     assert "specimens held out" in parent.data.tags["dlexp.split"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
