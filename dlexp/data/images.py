@@ -480,8 +480,10 @@ def load_image_data(
         raise DlexpError(f"dataset.split={split!r}: expected group or row")
     if not 0 < test_fraction < 1:
         raise DlexpError(f"dataset.test_fraction={test_fraction}: expected a fraction between 0 and 1")
-    if len(image_size) != 2 or min(image_size) < 1:
-        raise DlexpError(f"dataset.image_size={list(image_size)}: expected [height, width]")
+    if len(image_size) != 2 or not all(isinstance(v, int) and v >= 1 for v in image_size):
+        raise DlexpError(f"dataset.image_size={list(image_size)}: expected [height, width] in pixels")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise DlexpError(f"dataset.num_workers={num_workers!r}: expected an integer >= 0")
     csv_path = Path(csv)
     has_group = bool(group_column) and _has_column(csv_path, group_column)
     if split == "group" and group_column and not has_group and group_column != "sample":
