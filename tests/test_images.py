@@ -237,6 +237,8 @@ def test_missing_csv_setting_and_bad_split_are_errors(bees):
         load_image_data(str(bees["csv"]), image_size=[64, "a"])
     with pytest.raises(DlexpError, match="dataset.num_workers=-1: expected an integer >= 0"):
         load_image_data(str(bees["csv"]), num_workers=-1)
+    with pytest.raises(DlexpError, match="dataset.augment: .*'flip'"):
+        load_image_data(str(bees["csv"]), str(bees["folder"]), augment={"flip": True})
     with pytest.raises(DlexpError, match="no group column 'specimen'"):
         load_image_data(str(bees["csv"]), str(bees["folder"]), group_column="specimen")
 

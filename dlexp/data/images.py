@@ -502,8 +502,13 @@ def load_image_data(
     labels = np.asarray(dataset.targets)
     groups = np.asarray(dataset.groups) if has_group else None
     train_idx, test_idx = holdout_indices(labels, test_fraction, seed, groups if grouped else None)
-    x = decode_all(dataset, image_size, num_workers, cache_dir=cache_dir)
     size = tuple(image_size)
+    try:
+        augment_one = augmentation(size, **(augment or {}))
+    except (TypeError, ValueError) as error:  # an unknown or bad dataset.augment key
+        raise DlexpError(f"dataset.augment: {error} (options: hflip, vflip, crop_scale, color_jitter, "
+                         "rotation)") from None
+    x = decode_all(dataset, image_size, num_workers, cache_dir=cache_dir)
     files = dataset.filenames
     return ImageData(
         x_train=x[train_idx], y_train=torch.as_tensor(labels[train_idx]),
@@ -512,7 +517,7 @@ def load_image_data(
         groups=groups[train_idx] if grouped else None,
         test_groups=groups[test_idx] if grouped else None,
         group_column=group_column if has_group else None,
-        train_transform=BatchTransform(mean, std, augmentation(size, **(augment or {}))),
+        train_transform=BatchTransform(mean, std, augment_one),
         eval_transform=BatchTransform(mean, std),
         mean=tuple(mean), std=tuple(std),
         train_files=[files[i] for i in train_idx], test_files=[files[i] for i in test_idx],
