@@ -167,7 +167,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         tags["dlexp.split"] = data.split_note()
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
-    with mlflow_run(cfg.tracking.run_name or data.name, tags=tags):
+    with mlflow_run(cfg.tracking.run_name or data.name, tags=tags, failure_file=output_dir / "FAILED.txt"):
         mlflow.log_params(flatten(cfg))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))

@@ -148,18 +148,24 @@ def one_line(error: BaseException) -> str:
 
 
 @contextmanager
-def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | None = None) -> Iterator:
+def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | None = None,
+               failure_file: Path | None = None) -> Iterator:
     """Start a run and always end it: FINISHED, FAILED (error tagged) or KILLED (interrupted).
 
-    Ending the run on every path is what lets the next job of a sweep start cleanly.
+    Ending the run on every path is what lets the next job of a sweep start cleanly. ``failure_file``
+    (in the job's run folder) gets the status and the error when the run does not finish, so the folder
+    says so too.
     """
     run = mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags or {}))
     try:
         yield run
     except BaseException as error:
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
+        status = RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)
         mlflow.set_tag("dlexp.error", one_line(error))
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED))
+        mlflow.end_run(status)
+        if failure_file is not None:
+            failure_file.write_text(f"{status}: {one_line(error)}\nMLflow run: {run.info.run_id}\n")
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))

@@ -5,11 +5,14 @@ Everything here works on tensors already on the device; no DataLoader of single 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from dlexp.errors import DlexpError
 
 
 class EarlyStopping:
@@ -50,6 +53,27 @@ def step_scheduler(scheduler, val_loss: float) -> None:
         scheduler.step(val_loss)
     else:
         scheduler.step()
+
+
+class TrainingDiverged(DlexpError):
+    """A fold's loss became NaN or infinite: training cannot recover, so the run stops and fails.
+
+    ``result`` holds the fold's history up to that epoch.
+    """
+
+    def __init__(self, message: str, result: FoldResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def check_finite(result: FoldResult, epoch: int) -> None:
+    """Raise :class:`TrainingDiverged` when the epoch's training or validation loss is not finite."""
+    for key in ("train_loss", "val_loss"):
+        value = result.history[key][-1]
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"fold {result.fold}: {key.replace('_', ' ')} is {value} at epoch {epoch}; training "
+                "diverged (try a lower optimizer.lr, or check the data for extreme values)", result)
 
 
 @dataclass
@@ -128,6 +152,8 @@ def train_fold(
         total = torch.zeros((), device=x.device)
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
+            if len(batch) == 1 < n:
+                continue  # a lone last sample: BatchNorm cannot train on it; the next shuffle includes it
             optimizer.zero_grad(set_to_none=True)
             inputs = x_train[batch] if train_transform is None else train_transform(x_train[batch])
             loss = loss_fn(model(inputs), y_train[batch])
@@ -143,12 +169,13 @@ def train_fold(
         }
         for key, value in metrics.items():
             history[key].append(value)
+        result.epochs_run = epoch
+        check_finite(result, epoch)
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
         if stopper.step(val_loss, epoch):
             result.best_epoch, result.best_val_loss, result.best_val_acc = epoch, val_loss, val_acc
             result.state_dict = clone_state(model)
-        result.epochs_run = epoch
         if stopper.should_stop:
             break
         step_scheduler(scheduler, val_loss)

@@ -90,3 +90,18 @@ def test_bad_input_is_one_clear_error(tmp_path, store, make_overrides, expected,
     experiment = store["client"].get_experiment_by_name("spiral")
     assert experiment is None or not store["client"].search_runs([experiment.experiment_id])
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_diverging_training_fails_the_run_with_the_reason(tmp_path, store):
+    """A NaN loss is a user-facing error too: exit 2, the run FAILED with the reason, the folder says so."""
+    run_dir = tmp_path / "run"
+    result = run_dlexp([*SPIRAL, *store["overrides"], "optimizer.lr=1e30", f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 2, result.stderr
+    assert "error: fold 1: train loss is nan at epoch 1; training diverged" in result.stderr
+    assert "Traceback" not in result.stderr
+    client = store["client"]
+    runs = client.search_runs([client.get_experiment_by_name("spiral").experiment_id])
+    assert [(r.info.status, r.data.tags["dlexp.error"].split(":")[0]) for r in runs] == [
+        ("FAILED", "TrainingDiverged")]
+    assert (run_dir / "FAILED.txt").read_text().startswith("FAILED: TrainingDiverged: fold 1")
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "model.pt").exists()

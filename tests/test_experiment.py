@@ -175,3 +175,27 @@ def test_course_config_on_shipped_data_reaches_97_percent(store, tmp_path):
     summary = run_experiment(compose_config(overrides), tmp_path / "out", overrides)
     assert summary["test_acc"] >= 0.97
     assert summary["test_acc_fold_mean"] >= 0.97
+
+
+def test_a_fold_that_diverges_fails_the_run_and_keeps_the_finished_folds(store, tmp_path, monkeypatch):
+    """Fold 2's loss turns NaN: fold 1 stays in the store FINISHED with its metrics, the job run is FAILED."""
+    from dlexp import training
+
+    real_evaluate = training.evaluate
+    calls = {"n": 0}
+
+    def evaluate_then_nan(model, loss_fn, x, y, transform=None):
+        calls["n"] += 1
+        loss, acc = real_evaluate(model, loss_fn, x, y, transform)
+        return (float("nan"), acc) if calls["n"] > 4 else (loss, acc)  # QUICK: 4 epochs a fold
+
+    monkeypatch.setattr(training, "evaluate", evaluate_then_nan)
+    overrides = ["+experiment=spiral", *QUICK, *store["overrides"]]
+    with pytest.raises(training.TrainingDiverged, match="fold 2: val loss is nan at epoch 1"):
+        run_experiment(compose_config(overrides), tmp_path / "out", overrides)
+    parents, children = runs_of(store["client"])
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert "TrainingDiverged: fold 2" in parents[0].data.tags["dlexp.error"]
+    assert [(c.data.params["fold"], c.info.status) for c in children] == [("1", "FINISHED")]
+    assert children[0].data.metrics["epochs_run"] == 4
+    assert (tmp_path / "out" / "FAILED.txt").is_file() and not (tmp_path / "out" / "summary.json").exists()
