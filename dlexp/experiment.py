@@ -271,4 +271,5 @@ def write_run_outputs(output_dir: Path, summary: dict, results: list[FoldResult]
                                      f"{summary['test_acc']:.1%}", marked=wrong)
     torch.save({k: v.cpu() for k, v in best_model.state_dict().items()}, output_dir / "model.pt")
     (output_dir / "summary.txt").write_text(summary_text(summary, data))
-    (output_dir / "summary.json").write_text(json.dumps({**summary, "class_names": data.class_names}, indent=2))
+    (output_dir / "summary.json").write_text(json.dumps({**summary, "class_names": data.class_names,
+                                                               "input_shape": list(data.input_shape)}, indent=2))

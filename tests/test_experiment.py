@@ -14,6 +14,7 @@ from conftest import PROJECT_ROOT, QUICK, compose_config
 from dlexp import experiment
 from dlexp.experiment import run_experiment
 from dlexp.models.mlp import MLP
+from dlexp.saved import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -93,9 +94,8 @@ def test_run_folder_holds_pictures_model_and_summary(store, tmp_path):
     from dlexp.data.points import load_point_files
 
     data = load_point_files(str(PROJECT_ROOT / "data/trainData.txt"), str(PROJECT_ROOT / "data/testData.txt"))
-    model = MLP((2,), 5, hidden_dims=[64, 32])
-    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
-    model.eval()
+    model, class_names = load_model(out)
+    assert isinstance(model, MLP) and class_names == ["0", "1", "2", "3", "4"]
     with torch.no_grad():
         accuracy = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     assert accuracy == pytest.approx(summary["test_acc"])
@@ -199,3 +199,12 @@ def test_a_fold_that_diverges_fails_the_run_and_keeps_the_finished_folds(store, 
     assert [(c.data.params["fold"], c.info.status) for c in children] == [("1", "FINISHED")]
     assert children[0].data.metrics["epochs_run"] == 4
     assert (tmp_path / "out" / "FAILED.txt").is_file() and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_load_model_refuses_a_failed_or_foreign_folder(tmp_path):
+    from dlexp.errors import DlexpError
+
+    (tmp_path / "FAILED.txt").write_text("FAILED: boom\n")
+    with pytest.raises(DlexpError, match="not a finished dlexp run folder, missing config_resolved.yaml, "
+                                         "summary.json, model.pt .the run failed"):
+        load_model(tmp_path)
