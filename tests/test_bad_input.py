@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import PROJECT_ROOT
 
@@ -105,3 +106,96 @@ def test_diverging_training_fails_the_run_with_the_reason(tmp_path, store):
         ("FAILED", "TrainingDiverged")]
     assert (run_dir / "FAILED.txt").read_text().startswith("FAILED: TrainingDiverged: fold 1")
     assert not (run_dir / "summary.json").exists() and not (run_dir / "model.pt").exists()
+
+
+# Image experiment inputs: a tiny generated bee set, broken in one way per case.
+IMAGE_RUN = ["+experiment=insects", "trainer.max_epochs=2", "trainer.folds=2", "dataset.image_size=[16,16]",
+             "dataset.num_workers=0", "dataset.cache_dir=null", "model.channels=[4]", "model.hidden_dims=[8]"]
+SPECIES = ["Andrena fulva", "Bombus terrestris", "Osmia bicornis"]
+
+
+def write_bees(folder, modes=("RGB",)):
+    """12 JPEG/PNG images of 3 species and 6 specimens; returns the CSV rows (filename, species, sample)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(12):
+        mode = modes[i % len(modes)]
+        name = f"bee {i}.{'png' if mode in ('RGBA', 'I;16') else 'jpg'}"
+        pixels = np.random.default_rng(i).integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257) if mode == "I;16" else \
+            Image.fromarray(pixels).convert(mode)
+        image.save(folder / name)
+        rows.append((name, SPECIES[i % 3], f"s{i % 6}"))
+    return rows
+
+
+def write_csv(path, rows, header="filename,species,sample"):
+    path.write_text(header + "\n" + "".join(",".join(row) + "\n" for row in rows))
+    return path
+
+
+def bees_without_label_column(tmp):
+    rows = write_bees(tmp / "imgs")
+    return [f"dataset.csv={write_csv(tmp / 'b.csv', rows, 'filename,kind,sample')}", f"dataset.images={tmp}/imgs"]
+
+
+def bees_with_missing_image(tmp):
+    rows = write_bees(tmp / "imgs") + [("ghost.jpg", SPECIES[0], "s0")]
+    return [f"dataset.csv={write_csv(tmp / 'b.csv', rows)}", f"dataset.images={tmp}/imgs"]
+
+
+def bees_with_truncated_jpeg(tmp):
+    rows = write_bees(tmp / "imgs")
+    broken = tmp / "imgs" / rows[3][0]
+    broken.write_bytes(broken.read_bytes()[:200])
+    return [f"dataset.csv={write_csv(tmp / 'b.csv', rows)}", f"dataset.images={tmp}/imgs"]
+
+
+def bees_in_zip_escaping_the_archive(tmp):
+    """The CSV lists evil.jpg, which the zip holds only as ../evil.jpg and /abs/evil.jpg: never read."""
+    import zipfile
+
+    rows = write_bees(tmp / "imgs")
+    with zipfile.ZipFile(tmp / "bees.zip", "w") as archive:
+        for name, _, _ in rows:
+            archive.write(tmp / "imgs" / name, f"Insects/{name}")
+        payload = (tmp / "imgs" / rows[0][0]).read_bytes()
+        for unsafe in ("../evil.jpg", "/abs/evil.jpg"):  # ZipInfo keeps the name as given (write() would not)
+            archive.writestr(zipfile.ZipInfo(unsafe), payload)
+    rows.append(("evil.jpg", SPECIES[1], "s1"))
+    return [f"dataset.csv={write_csv(tmp / 'b.csv', rows)}", f"dataset.images={tmp}/bees.zip"]
+
+
+IMAGE_CASES = [
+    ("csv-without-label-column", bees_without_label_column, "b.csv"),
+    ("image-listed-but-missing", bees_with_missing_image, "ghost.jpg"),
+    ("truncated-jpeg", bees_with_truncated_jpeg, "bee 3.jpg"),
+    ("zip-entry-outside-archive", bees_in_zip_escaping_the_archive, "evil.jpg"),
+]
+
+
+@pytest.mark.parametrize(("make_overrides", "culprit"), [c[1:] for c in IMAGE_CASES],
+                         ids=[c[0] for c in IMAGE_CASES])
+def test_bad_image_input_is_one_clear_error(tmp_path, store, make_overrides, culprit):
+    result = run_dlexp([*IMAGE_RUN, *store["overrides"], *make_overrides(tmp_path),
+                        f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.returncode == 2, result.stdout + result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and culprit in error_lines[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    experiment = store["client"].get_experiment_by_name("insects")
+    assert experiment is None or not store["client"].search_runs([experiment.experiment_id])
+
+
+def test_grayscale_cmyk_rgba_and_16_bit_images_are_converted_not_rejected(tmp_path, store):
+    rows = write_bees(tmp_path / "imgs", modes=("L", "CMYK", "RGBA", "I;16"))
+    result = run_dlexp([*IMAGE_RUN, *store["overrides"], f"dataset.csv={write_csv(tmp_path / 'b.csv', rows)}",
+                        f"dataset.images={tmp_path}/imgs", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.returncode == 0, result.stderr
+    client = store["client"]
+    runs = client.search_runs([client.get_experiment_by_name("insects").experiment_id],
+                              filter_string="tags.`dlexp.fold` IS NULL")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert runs[0].data.params["dataset.image_size"] == "[16, 16]"
