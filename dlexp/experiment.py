@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp import plots
+from dlexp.batched import batching_obstacle, train_folds_batched
 from dlexp.data.points import PointData
 from dlexp.errors import DlexpError
 from dlexp.splits import kfold_indices
@@ -26,6 +28,8 @@ from dlexp.tracking import flatten, git_commit, log_history, mlflow_run, setup_e
 from dlexp.training import FoldResult, train_fold
 
 log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "batched", "sequential")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +70,56 @@ def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, s
     scheduler = instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
     loss_fn = instantiate(cfg.loss).to(device)
     return FoldObjects(model, optimizer, scheduler, loss_fn)
+
+
+def choose_strategy(requested: str, objects: FoldObjects) -> str:
+    """``batched`` (all folds as one stacked model) where it applies, else ``sequential``.
+
+    ``auto`` picks batched only when :func:`dlexp.batched.batching_obstacle` finds nothing against it.
+    """
+    if requested not in STRATEGIES:
+        raise DlexpError(f"trainer.strategy={requested!r}: expected one of {', '.join(STRATEGIES)}")
+    if requested == "sequential":
+        return requested
+    obstacle = batching_obstacle(objects.model, objects.optimizer, objects.scheduler, objects.loss_fn)
+    if obstacle and requested == "batched":
+        raise DlexpError(f"trainer.strategy=batched does not apply here: {obstacle}; use auto or sequential")
+    return "sequential" if obstacle else "batched"
+
+
+def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, y: torch.Tensor,
+                device: torch.device) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
+    """Train every fold with ``trainer.strategy``; yields each fold's result and its model (best weights).
+
+    Sequential training yields each fold as it finishes; batched training yields them all at the end.
+    Both give fold ``k`` the same initial weights (seed + k) and the same data order (its own generator).
+    """
+    trainer = cfg.trainer
+    fold_indices = [(torch.as_tensor(train, device=device), torch.as_tensor(val, device=device))
+                    for train, val in folds]
+    generators = [torch.Generator().manual_seed(trainer.seed * 1000 + fold)
+                  for fold in range(1, len(folds) + 1)]
+    first = build_fold_objects(cfg, data, device, seed=trainer.seed + 1)
+    if choose_strategy(trainer.get("strategy", "auto"), first) == "batched":
+        objects = [first] + [build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
+                             for fold in range(2, len(folds) + 1)]
+        models = [o.model for o in objects]
+        results = train_folds_batched(
+            models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
+            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
+            generators=generators, min_delta=trainer.min_delta,
+        )
+        yield from zip(results, models, strict=True)
+        return
+    for fold, (train_idx, val_idx) in enumerate(fold_indices, start=1):
+        objects = first if fold == 1 else build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
+        result = train_fold(
+            fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x, y,
+            train_idx, val_idx,
+            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
+            generator=generators[fold - 1], min_delta=trainer.min_delta,
+        )
+        yield result, objects.model
 
 
 @torch.no_grad()
@@ -174,23 +228,15 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         started = time.perf_counter()
         results: list[FoldResult] = []
         models: list[torch.nn.Module] = []
-        for fold, (train_idx, val_idx) in enumerate(folds, start=1):
-            objects = build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
-            generator = torch.Generator().manual_seed(trainer.seed * 1000 + fold)
-            result = train_fold(
-                fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x_train, y_train,
-                torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device),
-                batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
-                generator=generator, min_delta=trainer.min_delta,
-            )
+        for result, model in train_folds(cfg, data, folds, x_train, y_train, device):
             result.train_indices, result.val_indices = result.train_indices.cpu(), result.val_indices.cpu()
-            result.test_acc = accuracy(class_probabilities(objects.model, x_test), y_test)
+            result.test_acc = accuracy(class_probabilities(model, x_test), y_test)
             log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
-                     fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
+                     result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
                      100 * result.best_val_acc, 100 * result.test_acc)
-            log_fold(result, objects.model, data, cfg, device, output_dir / "folds" / f"fold_{fold}", grid)
+            log_fold(result, model, data, cfg, device, output_dir / "folds" / f"fold_{result.fold}", grid)
             results.append(result)
-            models.append(objects.model)
+            models.append(model)
         seconds = time.perf_counter() - started
 
         ensemble = torch.stack([class_probabilities(m, x_test) for m in models]).mean(dim=0)
