@@ -128,34 +128,33 @@ class StackedAdam:
         self.exp_avg, self.exp_avg_sq = self.exp_avg[index], self.exp_avg_sq[index]
         self.steps = [self.steps[row] for row in rows]
 
-    def _bias_corrections(self, weights: torch.Tensor):
-        """``lr`` factor and denominator factor: Python floats when all rows have taken the same steps."""
-        if len(set(self.steps)) == 1:
-            return 1 / (1 - self.beta1 ** self.steps[0]), math.sqrt(1 - self.beta2 ** self.steps[0])
-        steps = torch.tensor(self.steps, dtype=torch.float64).clamp(min=1).unsqueeze(1)
-        return ((1 / (1 - self.beta1 ** steps)).to(weights), (1 - self.beta2 ** steps).sqrt().to(weights))
-
     @torch.no_grad()
     def step(self, weights: torch.Tensor, grad: torch.Tensor, lr: float, active: list[bool] | None) -> None:
         """Update ``weights`` in place; with ``active`` (a bool per row) the other rows stay untouched."""
-        if active is not None:
-            frozen = torch.tensor([not a for a in active], device=weights.device)
-            saved = weights[frozen], self.exp_avg[frozen], self.exp_avg_sq[frozen]
-        if active is None:
+        if active is None and len(set(self.steps)) == 1:
             self.steps = [n + 1 for n in self.steps]
-        else:
-            self.steps = [n + int(a) for n, a in zip(self.steps, active, strict=True)]
+            # torch's own fused CPU kernel (what Adam(fused=True) calls): one call instead of seven ops.
+            fused = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
+            fused([weights], [grad], [self.exp_avg], [self.exp_avg_sq], [],
+                  [torch.tensor(float(self.steps[0]))], lr=lr, beta1=self.beta1, beta2=self.beta2,
+                  weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
+            return
+        active = active or [True] * len(self.steps)
+        frozen = torch.tensor([not a for a in active], device=weights.device)
+        saved = weights[frozen], self.exp_avg[frozen], self.exp_avg_sq[frozen]
+        self.steps = [n + int(a) for n, a in zip(self.steps, active, strict=True)]
         if self.weight_decay and self.decoupled:
             weights.mul_(1 - lr * self.weight_decay)
         elif self.weight_decay:
             grad = grad.add(weights, alpha=self.weight_decay)
         self.exp_avg.lerp_(grad, 1 - self.beta1)
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
-        correction1, correction2_sqrt = self._bias_corrections(weights)
+        steps = torch.tensor(self.steps, dtype=torch.float64, device=weights.device).clamp(min=1).unsqueeze(1)
+        correction1 = (1 / (1 - self.beta1 ** steps)).to(weights)
+        correction2_sqrt = (1 - self.beta2 ** steps).sqrt().to(weights)
         denom = (self.exp_avg_sq.sqrt() / correction2_sqrt).add_(self.eps)
         weights.addcdiv_(self.exp_avg * correction1, denom, value=-lr)
-        if active is not None:
-            weights[frozen], self.exp_avg[frozen], self.exp_avg_sq[frozen] = saved
+        weights[frozen], self.exp_avg[frozen], self.exp_avg_sq[frozen] = saved
 
 
 def padded_batches(orders: list[torch.Tensor], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,23 +219,23 @@ def train_folds_batched(
         orders = [folds[i][0][torch.randperm(len(folds[i][0]), generator=generators[i]).to(device)]
                   for i in running]
         index, weight = padded_batches(orders, batch_size)
-        x_epoch, y_epoch = x[index], y[index]
         n_steps = index.shape[1] // batch_size
+        # Step-major copies, so each step's batch of every fold is one contiguous slice.
+        x_steps, y_steps, w_steps = (t.view(len(running), n_steps, batch_size, *t.shape[2:]).transpose(0, 1)
+                                     .contiguous() for t in (x[index], y[index], weight))
         # Which folds have a batch at each step: with unequal train sizes the last step may miss some.
-        has_batch = (weight[:, ::batch_size] > 0).t().tolist()
-        step_losses = torch.zeros(n_steps, len(running), device=device)
+        has_batch = (w_steps[:, :, 0] > 0).tolist()
+        step_losses = []
         for step in range(n_steps):
-            batch = slice(step * batch_size, (step + 1) * batch_size)
-            logits = stacked.forward(params, x_epoch[:, batch])
-            losses = F.cross_entropy(logits.flatten(0, 1), y_epoch[:, batch].reshape(-1),
-                                     reduction="none", label_smoothing=label_smoothing)
-            fold_losses = (losses.view(len(running), -1) * weight[:, batch]).sum(dim=1)
+            logits = stacked.forward(params, x_steps[step])
+            losses = F.cross_entropy(logits.flatten(0, 1), y_steps[step].flatten(), reduction="none",
+                                     label_smoothing=label_smoothing)
+            fold_losses = (losses.view_as(w_steps[step]) * w_steps[step]).sum(dim=1)
             grads = torch.autograd.grad(fold_losses.sum(), params)
             adam.step(weights, torch.cat([g.flatten(1) for g in grads], dim=1), lr,
                       None if all(has_batch[step]) else has_batch[step])
-            step_losses[step] = fold_losses.detach()
-        batch_sizes = (weight > 0).view(len(running), n_steps, batch_size).sum(dim=2).t()
-        train_total = (step_losses * batch_sizes).sum(dim=0)
+            step_losses.append(fold_losses.detach())
+        train_total = (torch.stack(step_losses) * (w_steps > 0).sum(dim=2)).sum(dim=0)
 
         with torch.no_grad():
             rows = val_index[running]
