@@ -51,13 +51,13 @@ def load(data_dir: Path):
     return load_point_files(str(data_dir / "trainData.txt"), str(data_dir / "testData.txt"))
 
 
-def course_loop(data, folds) -> list[float]:
+def course_loop(data, folds) -> tuple[list[float], list[int]]:
     """The course's training loop as students write it: a DataLoader of samples, one fold after another."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    accuracies = []
+    accuracies, epochs = [], []
     for fold, (train_idx, val_idx) in enumerate(folds, start=1):
         torch.manual_seed(SEED + fold)
         model = nn.Sequential(nn.Linear(2, HIDDEN[0]), nn.ReLU(), nn.Linear(HIDDEN[0], HIDDEN[1]), nn.ReLU(),
@@ -69,7 +69,7 @@ def course_loop(data, folds) -> list[float]:
                             shuffle=True)
         x_val, y_val = data.x_train[val_idx], data.y_train[val_idx]
         best_loss, waited, best_state = float("inf"), 0, None
-        for _epoch in range(MAX_EPOCHS):
+        for epoch in range(1, MAX_EPOCHS + 1):  # noqa: B007 (the epoch count is reported)
             model.train()
             for xb, yb in loader:
                 optimizer.zero_grad()
@@ -86,10 +86,11 @@ def course_loop(data, folds) -> list[float]:
                 if waited >= PATIENCE:
                     break
             scheduler.step()
+        epochs.append(epoch)
         model.load_state_dict(best_state)
         with torch.no_grad():
             accuracies.append((model(data.x_test).argmax(dim=1) == data.y_test).float().mean().item())
-    return accuracies
+    return accuracies, epochs
 
 
 def fold_objects(data, fold: int):
@@ -106,7 +107,7 @@ def fold_objects(data, fold: int):
     return model, optimizer, scheduler, ClassificationLoss(nn.CrossEntropyLoss())
 
 
-def dlexp_folds(data, folds, strategy: str) -> list[float]:
+def dlexp_folds(data, folds, strategy: str) -> tuple[list[float], list[int]]:
     """dlexp's trainers on the same folds: ``train_fold`` one by one, or ``train_folds_batched``."""
     import torch
 
@@ -118,22 +119,24 @@ def dlexp_folds(data, folds, strategy: str) -> list[float]:
     objects = [fold_objects(data, fold) for fold in range(1, len(folds) + 1)]
     if strategy == "batched":
         model, optimizer, scheduler, loss_fn = objects[0]
-        train_folds_batched([o[0] for o in objects], optimizer, scheduler, loss_fn, data.x_train,
-                            data.y_train, folds, BATCH, MAX_EPOCHS, PATIENCE, generators)
+        results = train_folds_batched([o[0] for o in objects], optimizer, scheduler, loss_fn, data.x_train,
+                                      data.y_train, folds, BATCH, MAX_EPOCHS, PATIENCE, generators)
     else:
+        results = []
         for fold, (train, val) in enumerate(folds, start=1):
             model, optimizer, scheduler, loss_fn = objects[fold - 1]
-            train_fold(fold, model, optimizer, scheduler, loss_fn, data.x_train, data.y_train, train, val,
-                       BATCH, MAX_EPOCHS, PATIENCE, generators[fold - 1])
+            results.append(train_fold(fold, model, optimizer, scheduler, loss_fn, data.x_train, data.y_train,
+                                      train, val, BATCH, MAX_EPOCHS, PATIENCE, generators[fold - 1]))
     with torch.no_grad():
-        return [(model.eval()(data.x_test).argmax(dim=1) == data.y_test).float().mean().item()
-                for model, *_ in objects]
+        return ([(model.eval()(data.x_test).argmax(dim=1) == data.y_test).float().mean().item()
+                 for model, *_ in objects], [r.epochs_run for r in results])
 
 
 def worker(variant: str, data_dir: Path, threads: int) -> None:
     """One timed training in this process; prints a JSON line."""
     started_process = time.perf_counter()
     import torch
+    import torch._dynamo  # noqa: F401  (torch.optim loads it on first use, ~1 s: start-up, not training)
 
     import dlexp.batched  # noqa: F401  (every worker imports the same modules: equal baseline memory)
     import dlexp.training  # noqa: F401
@@ -144,12 +147,15 @@ def worker(variant: str, data_dir: Path, threads: int) -> None:
     folds = kfold_indices(data.y_train.numpy(), FOLDS, SEED, stratify=True)
     before = rss_mb()
     started = time.perf_counter()
-    accuracies = course_loop(data, folds) if variant == "course" else dlexp_folds(data, folds, variant)
+    if variant == "course":
+        accuracies, epochs = course_loop(data, folds)
+    else:
+        accuracies, epochs = dlexp_folds(data, folds, variant)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "process_seconds": time.perf_counter() - started_process,
                       "test_acc_mean": statistics.mean(accuracies), "peak_mb": peak,
-                      "training_mb": peak - before, "threads": torch.get_num_threads()}))
+                      "training_mb": peak - before, "threads": torch.get_num_threads(), "epochs": epochs}))
 
 
 def run_worker(variant: str, data_dir: Path, threads: int) -> dict:
@@ -213,13 +219,14 @@ def main() -> None:
         course = median(rows[("course", args.threads)], "seconds")
         course_process = median(rows[("course", args.threads)], "wall")
         print(f"### {name}\n")
-        print("| variant | threads | training s (median) | vs (a) | test acc (fold mean) | peak RSS MB "
-              "| training's own MB |")
-        print("|---|---|---|---|---|---|---|")
+        print("| variant | threads | training s (median) | vs (a) | test acc (fold mean) | epochs per fold "
+              "| peak RSS MB | training's own MB |")
+        print("|---|---|---|---|---|---|---|---|")
         for variant, threads in runs:
             r = rows[(variant, threads)]
             print(f"| {VARIANTS[variant]} | {r[0]['threads']} | {median(r, 'seconds'):.2f} | "
                   f"{course / median(r, 'seconds'):.1f}x | {median(r, 'test_acc_mean'):.2%} | "
+                  f"{'/'.join(map(str, r[0]['epochs']))} | "
                   f"{median(r, 'peak_mb'):.0f} | {median(r, 'training_mb'):.0f} |")
         command = rows[("command", None)]
         print(f"\n| whole process, start to end | wall s (median) | vs (a) process |\n|---|---|---|\n"

@@ -24,6 +24,12 @@ from dlexp.models.mlp import ACTIVATIONS
 from dlexp.training import EarlyStopping, FoldResult
 
 ELEMENTWISE_LAYERS = (nn.Flatten, *ACTIVATIONS.values())
+#: Activations whose derivative follows from their output: these networks get a hand-written backward.
+DERIVATIVES = {
+    nn.ReLU: lambda out: out > 0,
+    nn.Tanh: lambda out: 1 - out * out,
+    nn.Sigmoid: lambda out: out * (1 - out),
+}
 OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
 
@@ -74,6 +80,13 @@ class StackedMLP:
                 self.shapes += [(layer.in_features, layer.out_features), (1, layer.out_features)]
         self.sizes = [math.prod(shape) for shape in self.shapes]
         self.weights = torch.stack(rows)
+        self.manual_backward = all(type(layer) in DERIVATIVES for layer in self.layers
+                                   if not isinstance(layer, nn.Linear | nn.Flatten))
+
+    def parameters(self, weights: torch.Tensor) -> list[torch.Tensor]:
+        """The per-layer views of ``weights`` that training differentiates (autograd leaves if it is used)."""
+        views = self.views(weights)
+        return views if self.manual_backward else [view.requires_grad_() for view in views]
 
     def views(self, weights: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer tensors ``(k, in, out)`` and ``(k, 1, out)`` sharing memory with ``weights``."""
@@ -92,6 +105,48 @@ class StackedMLP:
             else:
                 x = layer(x)
         return x
+
+    def loss_and_grad(self, weights: torch.Tensor, params: list[torch.Tensor], x: torch.Tensor,
+                      target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-fold losses ``(k,)`` and their gradient, flat like ``weights``.
+
+        ``target`` holds class probabilities ``(k, batch, classes)`` (label smoothing included), ``weight``
+        is ``1 / batch size`` per sample (0 for padding), so a fold's loss is the mean over its own batch.
+        ReLU, Tanh and Sigmoid networks get a hand-written backward pass (half the calls of autograd's,
+        which is what a step of a tiny model costs); other activations go through autograd.
+        """
+        if not self.manual_backward:
+            log_p = self.forward(params, x).log_softmax(dim=2)
+            fold_losses = -((target * log_p).sum(dim=2) * weight).sum(dim=1)
+            grads = torch.autograd.grad(fold_losses.sum(), params)
+            return fold_losses.detach(), torch.cat([g.flatten(1) for g in grads], dim=1)
+        saved = []  # a Linear layer's input, an activation's output
+        position = 0
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                saved.append(x)
+                x = torch.baddbmm(params[position + 1], x, params[position])
+                position += 2
+            elif isinstance(layer, nn.Flatten):
+                x = x.flatten(2)
+            else:
+                x = layer(x)
+                saved.append(x)
+        log_p = x.log_softmax(dim=2)
+        fold_losses = -((target * log_p).sum(dim=2) * weight).sum(dim=1)
+        grad = torch.empty_like(weights)
+        grads = self.views(grad)
+        g = (log_p.exp() - target) * weight.unsqueeze(2)  # d(sum of fold losses) / d(logits)
+        for layer in reversed(self.layers):
+            if isinstance(layer, nn.Linear):
+                position -= 2
+                torch.bmm(saved.pop().transpose(1, 2), g, out=grads[position])
+                torch.sum(g, dim=1, keepdim=True, out=grads[position + 1])
+                if position:
+                    g = torch.bmm(g, params[position].transpose(1, 2))
+            elif not isinstance(layer, nn.Flatten):
+                g = g * DERIVATIVES[type(layer)](saved.pop())
+        return fold_losses, grad
 
     def state_dict(self, weights: torch.Tensor, template: nn.Module) -> dict[str, torch.Tensor]:
         """One fold's flat ``weights`` as a ``state_dict`` that loads into ``template``."""
@@ -178,6 +233,11 @@ def padded_batches(orders: list[torch.Tensor], batch_size: int) -> tuple[torch.T
     return index, weight
 
 
+def smoothed_targets(y: torch.Tensor, n_classes: int, label_smoothing: float, dtype) -> torch.Tensor:
+    """Class probabilities as ``CrossEntropyLoss(label_smoothing=...)`` sees its class-index targets."""
+    return F.one_hot(y, n_classes).to(dtype) * (1 - label_smoothing) + label_smoothing / n_classes
+
+
 def train_folds_batched(
     models: Sequence[nn.Sequential],
     optimizer: torch.optim.Optimizer,
@@ -212,7 +272,8 @@ def train_folds_batched(
     running = list(range(k))  # fold positions still training; row r of `weights` is fold running[r]
     val_index, val_weight = padded_batches([val for _, val in folds], max(len(val) for _, val in folds))
     val_index, val_weight = val_index.to(device), val_weight.to(device)
-    params = [p.requires_grad_() for p in stacked.views(weights)]
+    params = stacked.parameters(weights)
+    n_classes = models[0][-1].out_features
 
     for epoch in range(1, max_epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -223,18 +284,15 @@ def train_folds_batched(
         # Step-major copies, so each step's batch of every fold is one contiguous slice.
         x_steps, y_steps, w_steps = (t.view(len(running), n_steps, batch_size, *t.shape[2:]).transpose(0, 1)
                                      .contiguous() for t in (x[index], y[index], weight))
+        targets = smoothed_targets(y_steps, n_classes, label_smoothing, x.dtype)
         # Which folds have a batch at each step: with unequal train sizes the last step may miss some.
         has_batch = (w_steps[:, :, 0] > 0).tolist()
         step_losses = []
         for step in range(n_steps):
-            logits = stacked.forward(params, x_steps[step])
-            losses = F.cross_entropy(logits.flatten(0, 1), y_steps[step].flatten(), reduction="none",
-                                     label_smoothing=label_smoothing)
-            fold_losses = (losses.view_as(w_steps[step]) * w_steps[step]).sum(dim=1)
-            grads = torch.autograd.grad(fold_losses.sum(), params)
-            adam.step(weights, torch.cat([g.flatten(1) for g in grads], dim=1), lr,
-                      None if all(has_batch[step]) else has_batch[step])
-            step_losses.append(fold_losses.detach())
+            fold_losses, grad = stacked.loss_and_grad(weights, params, x_steps[step], targets[step],
+                                                      w_steps[step])
+            adam.step(weights, grad, lr, None if all(has_batch[step]) else has_batch[step])
+            step_losses.append(fold_losses)
         train_total = (torch.stack(step_losses) * (w_steps > 0).sum(dim=2)).sum(dim=0)
 
         with torch.no_grad():
@@ -265,7 +323,7 @@ def train_folds_batched(
         if len(still_running) < len(running):
             weights = weights[torch.tensor(still_running, dtype=torch.long, device=device)]
             adam.keep(still_running)
-            params = [p.requires_grad_() for p in stacked.views(weights)]
+            params = stacked.parameters(weights)
             running = [running[row] for row in still_running]
         if not running:
             break

@@ -35,26 +35,26 @@ def one_thread():
 
 
 def make_objects(fold: int, n_features: int, n_classes: int, lr: float, hidden=(16,), step_size: int = 5,
-                 gamma: float = 0.5):
+                 gamma: float = 0.5, activation: str = "relu"):
     torch.manual_seed(100 + fold)
-    model = MLP((n_features,), n_classes, hidden_dims=list(hidden))
+    model = MLP((n_features,), n_classes, hidden_dims=list(hidden), activation=activation)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     return model, optimizer, scheduler, ClassificationLoss(nn.CrossEntropyLoss())
 
 
 def train_both(x, y, folds, n_classes, lr, batch_size, max_epochs, patience, hidden=(16,), step_size=5,
-               gamma=0.5):
+               gamma=0.5, activation="relu"):
     """The same folds, initial weights and data orders, trained one by one and batched."""
     folds = [(torch.as_tensor(t), torch.as_tensor(v)) for t, v in folds]
     sequential, sequential_models = [], []
     for fold, (train, val) in enumerate(folds, start=1):
         model, optimizer, scheduler, loss_fn = make_objects(fold, x.shape[1], n_classes, lr, hidden,
-                                                            step_size, gamma)
+                                                            step_size, gamma, activation)
         sequential.append(train_fold(fold, model, optimizer, scheduler, loss_fn, x, y, train, val, batch_size,
                                      max_epochs, patience, torch.Generator().manual_seed(fold)))
         sequential_models.append(model)
-    objects = [make_objects(fold, x.shape[1], n_classes, lr, hidden, step_size, gamma)
+    objects = [make_objects(fold, x.shape[1], n_classes, lr, hidden, step_size, gamma, activation)
                for fold in range(1, len(folds) + 1)]
     _, optimizer, scheduler, loss_fn = objects[0]
     batched_models = [o[0] for o in objects]
@@ -76,9 +76,11 @@ def noisy_folds():
     return x, y, folds
 
 
-def test_same_early_stopping_as_one_by_one(noisy_folds):
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])  # hand-written backward, and autograd's
+def test_same_early_stopping_as_one_by_one(noisy_folds, activation):
     x, y, folds = noisy_folds
-    sequential, _, batched, _ = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=60, patience=4)
+    sequential, _, batched, _ = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=60, patience=4,
+                                           activation=activation)
     epochs = [r.epochs_run for r in sequential]
     assert max(epochs) < 60 and len(set(epochs)) > 1, f"folds should stop at different epochs: {epochs}"
     for seq, bat in zip(sequential, batched, strict=True):
