@@ -101,7 +101,7 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
                   for fold in range(1, len(folds) + 1)]
     first = build_fold_objects(cfg, data, device, seed=trainer.seed + 1)
     strategy = choose_strategy(trainer.get("strategy", "auto"), first)
-    log.info("training %d folds %s", len(folds), "at once (batched)" if strategy == "batched" else "one by one")
+    log.info("training %d folds %s", len(folds), "at once" if strategy == "batched" else "one by one")
     if strategy == "batched":
         objects = [first] + [build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
                              for fold in range(2, len(folds) + 1)]
