@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp import plots
+from dlexp.batched import batching_obstacle, train_folds_batched
 from dlexp.config import build, build_partial
 from dlexp.data.points import PointData
 from dlexp.devices import resolve_device
+from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.splits import kfold_indices
 from dlexp.tracking import flatten, git_commit, job_tags, log_history, mlflow_run, setup_experiment
@@ -29,6 +32,8 @@ from dlexp.training import FoldResult, predict_logits, train_fold
 from dlexp.validation import validate_config
 
 log = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "batched", "sequential")
 
 
 def configure_torch(trainer: DictConfig) -> torch.device:
@@ -56,6 +61,61 @@ def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, s
     scheduler = build_partial("scheduler", cfg.scheduler, optimizer) if cfg.get("scheduler") else None
     loss_fn = build("loss", cfg.loss).to(device)
     return FoldObjects(model, optimizer, scheduler, loss_fn)
+
+
+def choose_strategy(requested: str, objects: FoldObjects, data) -> str:
+    """``batched`` (all folds as one stacked model) where it applies, else ``sequential``.
+
+    ``auto`` picks batched only when :func:`dlexp.batched.batching_obstacle` finds nothing against it.
+    """
+    if requested not in STRATEGIES:
+        raise DlexpError(f"trainer.strategy={requested!r}: expected one of {', '.join(STRATEGIES)}")
+    if requested == "sequential":
+        return requested
+    obstacle = batching_obstacle(objects.model, objects.optimizer, objects.scheduler, objects.loss_fn)
+    if obstacle is None and getattr(data, "train_transform", None) is not None:
+        obstacle = "the data is transformed per batch (image augmentation)"
+    if obstacle and requested == "batched":
+        raise DlexpError(f"trainer.strategy=batched does not apply here: {obstacle}; use auto or sequential")
+    return "sequential" if obstacle else "batched"
+
+
+def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, y: torch.Tensor,
+                device: torch.device, strategy: str) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
+    """Train every fold with ``trainer.strategy``; yields each fold's result and its model (best weights).
+
+    Sequential training yields each fold as it finishes; batched training yields them all at the end.
+    Both give fold ``k`` the same initial weights (seed + k) and the same data order (its own generator).
+    """
+    trainer = cfg.trainer
+    fold_indices = [(torch.as_tensor(train, device=device), torch.as_tensor(val, device=device))
+                    for train, val in folds]
+    generators = [torch.Generator().manual_seed(trainer.seed * 1000 + fold)
+                  for fold in range(1, len(folds) + 1)]
+    first = build_fold_objects(cfg, data, device, seed=trainer.seed + 1)
+    log.info("training %d folds %s", len(folds), "at once" if strategy == "batched" else "one by one")
+    if strategy == "batched":
+        objects = [first] + [build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
+                             for fold in range(2, len(folds) + 1)]
+        models = [o.model for o in objects]
+        results = train_folds_batched(
+            models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
+            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
+            generators=generators, min_delta=trainer.min_delta,
+        )
+        yield from zip(results, models, strict=True)
+        return
+    for fold, (train_idx, val_idx) in enumerate(fold_indices, start=1):
+        objects = first if fold == 1 else build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
+        result = train_fold(
+            fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x, y,
+            train_idx, val_idx,
+            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
+            generator=generators[fold - 1], min_delta=trainer.min_delta,
+            train_transform=getattr(data, "train_transform", None),
+            eval_transform=getattr(data, "eval_transform", None),
+        )
+        yield result, objects.model
 
 
 def class_probabilities(model: torch.nn.Module, x: torch.Tensor, transform=None) -> torch.Tensor:
@@ -150,7 +210,6 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     data: PointData = build("dataset", cfg.dataset)
     groups = getattr(data, "groups", None)  # image data split by specimen: no specimen in two folds
     folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, groups)
-    train_transform = getattr(data, "train_transform", None)
     eval_transform = getattr(data, "eval_transform", None)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
@@ -160,6 +219,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     # Building the objects once up front stops a bad model/optimizer/scheduler value before any output.
     probe = build_fold_objects(cfg, data, device, seed=trainer.seed)
     model_stats = summarize_model(probe.model, data.input_shape)
+    strategy = choose_strategy(trainer.strategy, probe, data)
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name, **job_tags(cfg), **(extra_tags or {})}
@@ -177,24 +237,15 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         started = time.perf_counter()
         results: list[FoldResult] = []
         models: list[torch.nn.Module] = []
-        for fold, (train_idx, val_idx) in enumerate(folds, start=1):
-            objects = build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
-            generator = torch.Generator().manual_seed(trainer.seed * 1000 + fold)
-            result = train_fold(
-                fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x_train, y_train,
-                torch.as_tensor(train_idx, device=device), torch.as_tensor(val_idx, device=device),
-                batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
-                generator=generator, min_delta=trainer.min_delta,
-                train_transform=train_transform, eval_transform=eval_transform,
-            )
+        for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy):
             result.train_indices, result.val_indices = result.train_indices.cpu(), result.val_indices.cpu()
-            result.test_acc = accuracy(class_probabilities(objects.model, x_test, eval_transform), y_test)
+            result.test_acc = accuracy(class_probabilities(model, x_test, eval_transform), y_test)
             log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
-                     fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
+                     result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
                      100 * result.best_val_acc, 100 * result.test_acc)
-            log_fold(result, objects.model, data, cfg, device, output_dir / "folds" / f"fold_{fold}", grid)
+            log_fold(result, model, data, cfg, device, output_dir / "folds" / f"fold_{result.fold}", grid)
             results.append(result)
-            models.append(objects.model)
+            models.append(model)
         seconds = time.perf_counter() - started
 
         ensemble = torch.stack([class_probabilities(m, x_test, eval_transform) for m in models]).mean(dim=0)

@@ -21,7 +21,7 @@ CMAP = "tab10"
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100)  # the constrained layout fits the labels in: no second render
     plt.close(fig)
     return path
 
@@ -41,7 +41,7 @@ def _legend(ax, class_names: Sequence[str]) -> None:
 
 def plot_data(path: Path, x_train, y_train, x_test, y_test, class_names: Sequence[str]) -> Path:
     """Train and test points side by side, coloured by class (first two features)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True, layout="constrained")
     for ax, x, y, title in ((axes[0], x_train, y_train, "train"), (axes[1], x_test, y_test, "test")):
         _scatter(ax, np.asarray(x), np.asarray(y), len(class_names))
         ax.set_title(f"{title} ({len(y)} points)")
@@ -52,7 +52,7 @@ def plot_data(path: Path, x_train, y_train, x_test, y_test, class_names: Sequenc
 def plot_loss_curves(path: Path, histories: dict[str, dict[str, list[float]]],
                      best_epochs: dict[str, int] | None = None) -> Path:
     """Training (dashed) and validation (solid) loss per epoch for each named history."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     colours = plt.get_cmap(CMAP)
     for i, (name, history) in enumerate(histories.items()):
         epochs = np.arange(1, len(history["val_loss"]) + 1)
@@ -65,7 +65,7 @@ def plot_loss_curves(path: Path, histories: dict[str, dict[str, list[float]]],
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("loss per epoch (dot: best validation epoch)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")  # losses fall: that corner is free; "best" is slow
     return _save(fig, path)
 
 
@@ -94,7 +94,7 @@ def plot_decision_boundary(
     gx, gy = grid
     flat = torch.from_numpy(np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float32))
     regions = predict(flat).reshape(gx.shape)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
     ax.contourf(gx, gy, regions, levels=np.arange(-0.5, 10.5), cmap=CMAP, vmin=-0.5, vmax=9.5, alpha=0.35)
     _scatter(ax, x, y, len(class_names))
     if marked is not None and marked.any():

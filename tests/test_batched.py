@@ -1,0 +1,188 @@
+"""Batched k-fold training (dlexp.batched) against the one-by-one trainer (dlexp.training.train_fold)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from dlexp.batched import batching_obstacle, train_folds_batched
+from dlexp.data.points import load_point_files
+from dlexp.errors import DlexpError
+from dlexp.experiment import FoldObjects, build_fold_objects, choose_strategy, run_experiment
+from dlexp.losses import ClassificationLoss
+from dlexp.models.cnn import ConvNet
+from dlexp.models.mlp import MLP
+from dlexp.splits import kfold_indices
+from dlexp.training import evaluate, train_fold
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "seed-data"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As dlexp runs (trainer.num_threads: 1): two threads on tiny tensors are slower, badly so under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_objects(fold: int, n_features: int, n_classes: int, lr: float, hidden=(16,), step_size: int = 5,
+                 gamma: float = 0.5, activation: str = "relu"):
+    torch.manual_seed(100 + fold)
+    model = MLP((n_features,), n_classes, hidden_dims=list(hidden), activation=activation)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+    return model, optimizer, scheduler, ClassificationLoss(nn.CrossEntropyLoss())
+
+
+def train_both(x, y, folds, n_classes, lr, batch_size, max_epochs, patience, hidden=(16,), step_size=5,
+               gamma=0.5, activation="relu"):
+    """The same folds, initial weights and data orders, trained one by one and batched."""
+    folds = [(torch.as_tensor(t), torch.as_tensor(v)) for t, v in folds]
+    sequential, sequential_models = [], []
+    for fold, (train, val) in enumerate(folds, start=1):
+        model, optimizer, scheduler, loss_fn = make_objects(fold, x.shape[1], n_classes, lr, hidden,
+                                                            step_size, gamma, activation)
+        sequential.append(train_fold(fold, model, optimizer, scheduler, loss_fn, x, y, train, val, batch_size,
+                                     max_epochs, patience, torch.Generator().manual_seed(fold)))
+        sequential_models.append(model)
+    objects = [make_objects(fold, x.shape[1], n_classes, lr, hidden, step_size, gamma, activation)
+               for fold in range(1, len(folds) + 1)]
+    _, optimizer, scheduler, loss_fn = objects[0]
+    batched_models = [o[0] for o in objects]
+    batched = train_folds_batched(batched_models, optimizer, scheduler, loss_fn, x, y, folds, batch_size,
+                                  max_epochs, patience,
+                                  [torch.Generator().manual_seed(f) for f in range(1, len(folds) + 1)])
+    return sequential, sequential_models, batched, batched_models
+
+
+@pytest.fixture
+def noisy_folds():
+    """Three folds of unequal size (68/69/69 train points, so 4 or 5 batches of 17) whose validation
+    labels are pure noise: validation loss soon rises and each fold stops at its own epoch."""
+    torch.manual_seed(0)
+    x = torch.randn(103, 2)
+    y = torch.randint(0, 3, (103,))
+    folds = kfold_indices(y.numpy(), 3, seed=0, stratify=False)
+    assert sorted(len(t) for t, _ in folds) == [68, 69, 69]
+    return x, y, folds
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])  # hand-written backward, and autograd's
+def test_same_early_stopping_as_one_by_one(noisy_folds, activation):
+    x, y, folds = noisy_folds
+    sequential, _, batched, _ = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=60, patience=4,
+                                           activation=activation)
+    epochs = [r.epochs_run for r in sequential]
+    assert max(epochs) < 60 and len(set(epochs)) > 1, f"folds should stop at different epochs: {epochs}"
+    for seq, bat in zip(sequential, batched, strict=True):
+        assert (bat.epochs_run, bat.best_epoch) == (seq.epochs_run, seq.best_epoch)
+        for key in ("train_loss", "val_loss", "val_acc", "lr"):
+            assert len(bat.history[key]) == bat.epochs_run  # nothing recorded after the fold stopped
+            torch.testing.assert_close(torch.tensor(bat.history[key]), torch.tensor(seq.history[key]),
+                                       rtol=1e-4, atol=1e-5)
+        assert bat.best_val_loss == pytest.approx(seq.best_val_loss, rel=1e-4)
+        assert bat.best_val_loss == min(bat.history["val_loss"])
+        for name, tensor in seq.state_dict.items():
+            torch.testing.assert_close(bat.state_dict[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+def test_restored_best_weights_reproduce_best_val_loss(noisy_folds):
+    x, y, folds = noisy_folds
+    _, _, batched, models = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=60, patience=4)
+    for result, model in zip(batched, models, strict=True):
+        assert result.best_epoch < result.epochs_run  # training went on past the best epoch
+        fresh = MLP((2,), 3, hidden_dims=[16])
+        fresh.load_state_dict(result.state_dict)
+        for candidate in (fresh, model):
+            loss, acc = evaluate(candidate, ClassificationLoss(nn.CrossEntropyLoss()), x[result.val_indices],
+                                 y[result.val_indices])
+            assert loss == pytest.approx(result.best_val_loss, rel=1e-5)
+            assert acc == pytest.approx(result.best_val_acc)
+
+
+def test_batched_is_deterministic(noisy_folds):
+    x, y, folds = noisy_folds
+    first = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=20, patience=4)[2]
+    second = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=20, patience=4)[2]
+    assert [r.history for r in first] == [r.history for r in second]
+
+
+@pytest.mark.parametrize("data_dir", [Path(__file__).resolve().parents[1] / "data", SEED_DATA])
+def test_equivalent_accuracy_on_spiral(data_dir):
+    if not data_dir.is_dir():
+        pytest.skip(f"{data_dir} is absent (the course data lives beside the checkout)")
+    data = load_point_files(str(data_dir / "trainData.txt"), str(data_dir / "testData.txt"))
+    folds = kfold_indices(data.y_train.numpy(), 3, seed=42)
+    sequential, seq_models, batched, bat_models = train_both(
+        data.x_train, data.y_train, folds, data.n_classes, lr=0.01, batch_size=50, max_epochs=150,
+        patience=20, hidden=(64, 32), step_size=50, gamma=0.8)  # the course set-up, fewer epochs and folds
+
+    def test_accuracy(model):
+        with torch.no_grad():
+            return (model.eval()(data.x_test).argmax(dim=1) == data.y_test).float().mean().item()
+
+    seq_acc = [test_accuracy(m) for m in seq_models]
+    bat_acc = [test_accuracy(m) for m in bat_models]
+    # Both learn the spiral (a linear model gets ~40%), and the fold means agree within 1.5 points: the
+    # runs differ only in float rounding, which grows into different but equally good trajectories.
+    assert min(seq_acc + bat_acc) > 0.93, (seq_acc, bat_acc)
+    assert abs(sum(seq_acc) / 3 - sum(bat_acc) / 3) <= 0.015, (seq_acc, bat_acc)
+    for seq, bat in zip(sequential, batched, strict=True):
+        assert bat.best_val_acc == pytest.approx(seq.best_val_acc, abs=0.03)
+
+
+def compose_spiral(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=["+experiment=spiral", *overrides])
+
+
+def test_auto_strategy_batches_only_what_stacks():
+    cfg = compose_spiral()
+    data = load_point_files(cfg.dataset.train_path, cfg.dataset.test_path)
+    objects = build_fold_objects(cfg, data, torch.device("cpu"), seed=1)
+    assert choose_strategy("auto", objects) == "batched"
+    assert choose_strategy("sequential", objects) == "sequential"
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(objects.optimizer)
+    obstacle = batching_obstacle(objects.model, objects.optimizer, plateau, objects.loss_fn)
+    assert "ReduceLROnPlateau" in obstacle
+    sgd = torch.optim.SGD(objects.model.parameters(), lr=0.1)
+    assert "SGD" in batching_obstacle(objects.model, sgd, None, objects.loss_fn)
+    cnn = ConvNet((1, 8, 8), 2, channels=[4], hidden_dims=[])
+    cnn_objects = FoldObjects(cnn, torch.optim.Adam(cnn.parameters()), None, objects.loss_fn)
+    assert choose_strategy("auto", cnn_objects) == "sequential"
+    with pytest.raises(DlexpError, match="trainer.strategy=batched does not apply here: model: ConvNet"):
+        choose_strategy("batched", cnn_objects)
+    with pytest.raises(DlexpError, match="strategy='fast': expected one of auto, batched, sequential"):
+        choose_strategy("fast", objects)
+
+
+@pytest.mark.parametrize("strategy", ["batched", "sequential"])
+def test_run_logs_the_same_fold_metrics_for_both_strategies(tmp_path, strategy):
+    cfg = compose_spiral(f"trainer.strategy={strategy}", "trainer.folds=2", "trainer.max_epochs=6",
+                         "plots.grid_resolution=40", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                         f"tracking.artifact_location={tmp_path / 'artifacts'}")
+    summary = run_experiment(cfg, tmp_path / "run")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("spiral").experiment_id])
+    folds = sorted((r for r in runs if "dlexp.fold" in r.data.tags), key=lambda r: r.data.tags["dlexp.fold"])
+    assert len(folds) == 2 and len(runs) == 3
+    for run in folds:
+        epochs = int(run.data.metrics["epochs_run"])
+        assert epochs == 6
+        for key in ("train_loss", "val_loss", "val_acc", "lr"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in history] == list(range(1, epochs + 1))
+        val_losses = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert run.data.metrics["best_val_loss"] == pytest.approx(min(val_losses))
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"loss_curve.png", "decision_boundary.png"} <= artifacts
+    assert math.isfinite(summary["test_acc"]) and summary["test_acc"] > 0.5
