@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import ACTIVATIONS
-from dlexp.training import EarlyStopping, FoldResult
+from dlexp.training import EarlyStopping, FoldResult, check_finite
 
 ELEMENTWISE_LAYERS = (nn.Flatten, *ACTIVATIONS.values())
 #: Activations whose derivative follows from their output: these networks get a hand-written backward.
@@ -313,11 +313,12 @@ def train_folds_batched(
                        "val_acc": epoch_metrics[2][row], "lr": lr}
             for key, value in metrics.items():
                 result.history[key].append(value)
+            result.epochs_run = epoch
+            check_finite(result, epoch)
             if stopper.step(metrics["val_loss"], epoch):
                 result.best_epoch, result.best_val_loss, result.best_val_acc = (
                     epoch, metrics["val_loss"], metrics["val_acc"])
                 best_weights[i] = weights[row]
-            result.epochs_run = epoch
             if not stopper.should_stop:
                 still_running.append(row)
         if len(still_running) < len(running):

@@ -146,14 +146,15 @@ def train_fold(
     stopper = EarlyStopping(patience, min_delta)
     result = FoldResult(fold=fold, train_indices=train_indices, val_indices=val_indices, history=history)
     result.state_dict = clone_state(model)
+    has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for epoch in range(1, max_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator).to(x.device)
         total = torch.zeros((), device=x.device)
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
-            if len(batch) == 1 < n:
-                continue  # a lone last sample: BatchNorm cannot train on it; the next shuffle includes it
+            if len(batch) == 1 < n and has_batchnorm:
+                continue  # BatchNorm cannot train on a lone last sample; the next shuffle includes it
             optimizer.zero_grad(set_to_none=True)
             inputs = x_train[batch] if train_transform is None else train_transform(x_train[batch])
             loss = loss_fn(model(inputs), y_train[batch])

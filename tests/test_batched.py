@@ -149,8 +149,8 @@ def test_auto_strategy_batches_only_what_stacks():
     cfg = compose_spiral()
     data = load_point_files(cfg.dataset.train_path, cfg.dataset.test_path)
     objects = build_fold_objects(cfg, data, torch.device("cpu"), seed=1)
-    assert choose_strategy("auto", objects) == "batched"
-    assert choose_strategy("sequential", objects) == "sequential"
+    assert choose_strategy("auto", objects, data) == "batched"
+    assert choose_strategy("sequential", objects, data) == "sequential"
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(objects.optimizer)
     obstacle = batching_obstacle(objects.model, objects.optimizer, plateau, objects.loss_fn)
     assert "ReduceLROnPlateau" in obstacle
@@ -158,11 +158,14 @@ def test_auto_strategy_batches_only_what_stacks():
     assert "SGD" in batching_obstacle(objects.model, sgd, None, objects.loss_fn)
     cnn = ConvNet((1, 8, 8), 2, channels=[4], hidden_dims=[])
     cnn_objects = FoldObjects(cnn, torch.optim.Adam(cnn.parameters()), None, objects.loss_fn)
-    assert choose_strategy("auto", cnn_objects) == "sequential"
+    assert choose_strategy("auto", cnn_objects, data) == "sequential"
     with pytest.raises(DlexpError, match="trainer.strategy=batched does not apply here: model: ConvNet"):
-        choose_strategy("batched", cnn_objects)
+        choose_strategy("batched", cnn_objects, data)
     with pytest.raises(DlexpError, match="strategy='fast': expected one of auto, batched, sequential"):
-        choose_strategy("fast", objects)
+        choose_strategy("fast", objects, data)
+    # Data transformed per batch (image augmentation) trains fold by fold.
+    data.train_transform = lambda batch: batch
+    assert choose_strategy("auto", objects, data) == "sequential"
 
 
 @pytest.mark.parametrize("strategy", ["batched", "sequential"])

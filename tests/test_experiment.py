@@ -112,7 +112,7 @@ def test_same_seed_same_metrics(store, tmp_path):
 
 
 def test_a_run_that_raises_ends_failed_and_the_next_starts_clean(store, tmp_path, monkeypatch):
-    overrides = ["+experiment=spiral", *QUICK, *store["overrides"]]
+    overrides = ["+experiment=spiral", *QUICK, *store["overrides"], "trainer.strategy=sequential"]
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -190,7 +190,7 @@ def test_a_fold_that_diverges_fails_the_run_and_keeps_the_finished_folds(store, 
         return (float("nan"), acc) if calls["n"] > 4 else (loss, acc)  # QUICK: 4 epochs a fold
 
     monkeypatch.setattr(training, "evaluate", evaluate_then_nan)
-    overrides = ["+experiment=spiral", *QUICK, *store["overrides"]]
+    overrides = ["+experiment=spiral", *QUICK, *store["overrides"], "trainer.strategy=sequential"]
     with pytest.raises(training.TrainingDiverged, match="fold 2: val loss is nan at epoch 1"):
         run_experiment(compose_config(overrides), tmp_path / "out", overrides)
     parents, children = runs_of(store["client"])
