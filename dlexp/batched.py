@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import ACTIVATIONS
-from dlexp.training import EarlyStopping, FoldResult, check_finite
+from dlexp.training import EarlyStopping, FoldResult, TrainingDiverged, check_finite
 
 ELEMENTWISE_LAYERS = (nn.Flatten, *ACTIVATIONS.values())
 #: Activations whose derivative follows from their output: these networks get a hand-written backward.
@@ -256,7 +256,8 @@ def train_folds_batched(
 
     ``optimizer`` and ``scheduler`` (built for the first fold) give the Adam settings and the epoch-driven
     learning-rate schedule, which is the same for every fold. Each model ends holding its best epoch's
-    weights, also returned in its :class:`FoldResult` like ``train_fold`` does.
+    weights, also returned in its :class:`FoldResult` like ``train_fold`` does. A fold whose loss turns
+    NaN or infinite stops there and comes back with ``diverged`` set; the others train to the end.
     """
     device = x.device
     k = len(models)
@@ -314,7 +315,11 @@ def train_folds_batched(
             for key, value in metrics.items():
                 result.history[key].append(value)
             result.epochs_run = epoch
-            check_finite(result, epoch)
+            try:
+                check_finite(result, epoch)
+            except TrainingDiverged as error:
+                result.diverged = error  # dropped like a stopped fold; the others train on
+                continue
             if stopper.step(metrics["val_loss"], epoch):
                 result.best_epoch, result.best_val_loss, result.best_val_acc = (
                     epoch, metrics["val_loss"], metrics["val_acc"])

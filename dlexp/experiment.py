@@ -103,7 +103,9 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
             batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
             generators=generators, min_delta=trainer.min_delta,
         )
-        yield from zip(results, models, strict=True)
+        yield from ((r, m) for r, m in zip(results, models, strict=True) if r.diverged is None)
+        if diverged := next((r.diverged for r in results if r.diverged is not None), None):
+            raise diverged  # after the finished folds are logged, like one-by-one training
         return
     for fold, (train_idx, val_idx) in enumerate(fold_indices, start=1):
         objects = first if fold == 1 else build_fold_objects(cfg, data, device, seed=trainer.seed + fold)

@@ -90,6 +90,7 @@ class FoldResult:
     epochs_run: int = 0
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
     test_acc: float | None = None
+    diverged: TrainingDiverged | None = None  # set when batched training dropped the fold for a NaN loss
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]

@@ -189,3 +189,23 @@ def test_run_logs_the_same_fold_metrics_for_both_strategies(tmp_path, strategy):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"loss_curve.png", "decision_boundary.png"} <= artifacts
     assert math.isfinite(summary["test_acc"]) and summary["test_acc"] > 0.5
+
+
+def test_a_diverging_fold_is_dropped_and_the_others_finish(noisy_folds):
+    """One extra NaN point in fold 2's validation set only: batched training marks fold 2 diverged and still
+    trains folds 1 and 3 to their own early stop."""
+    from dlexp.training import TrainingDiverged
+
+    x, y, folds = noisy_folds
+    x = torch.cat([x, torch.full((1, 2), float("nan"))])
+    y = torch.cat([y, torch.tensor([0])])
+    folds = [(torch.as_tensor(t), torch.as_tensor(v)) for t, v in folds]
+    folds[1] = (folds[1][0], torch.cat([folds[1][1], torch.tensor([len(y) - 1])]))
+    objects = [make_objects(fold, 2, 3, 0.05, (16,), 5, 0.5, "relu") for fold in (1, 2, 3)]
+    results = train_folds_batched([o[0] for o in objects], objects[0][1], objects[0][2], objects[0][3], x, y,
+                                  folds, 17, 60, 4, [torch.Generator().manual_seed(f) for f in (1, 2, 3)])
+    assert isinstance(results[1].diverged, TrainingDiverged)
+    assert "fold 2: val loss is nan at epoch 1" in str(results[1].diverged)
+    assert results[1].epochs_run == 1
+    assert results[0].diverged is None and results[2].diverged is None
+    assert results[0].epochs_run > 4 and results[2].epochs_run > 4
