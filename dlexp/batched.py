@@ -93,17 +93,26 @@ class StackedMLP:
         return [part.view(len(weights), *shape)
                 for part, shape in zip(weights.split(self.sizes, dim=1), self.shapes, strict=True)]
 
-    def forward(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(k, batch, classes)`` of inputs ``(k, batch, ...)``."""
+    def forward(self, params: list[torch.Tensor], x: torch.Tensor,
+                saved: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits ``(k, batch, classes)`` of inputs ``(k, batch, ...)``.
+
+        With ``saved``, appends each Linear layer's input and each activation's output, which is what the
+        hand-written backward pass needs.
+        """
         position = 0
         for layer in self.layers:
             if isinstance(layer, nn.Linear):
+                if saved is not None:
+                    saved.append(x)
                 x = torch.baddbmm(params[position + 1], x, params[position])
                 position += 2
             elif isinstance(layer, nn.Flatten):
                 x = x.flatten(2)
             else:
                 x = layer(x)
+                if saved is not None:
+                    saved.append(x)
         return x
 
     def loss_and_grad(self, weights: torch.Tensor, params: list[torch.Tensor], x: torch.Tensor,
@@ -120,19 +129,9 @@ class StackedMLP:
             fold_losses = -((target * log_p).sum(dim=2) * weight).sum(dim=1)
             grads = torch.autograd.grad(fold_losses.sum(), params)
             return fold_losses.detach(), torch.cat([g.flatten(1) for g in grads], dim=1)
-        saved = []  # a Linear layer's input, an activation's output
-        position = 0
-        for layer in self.layers:
-            if isinstance(layer, nn.Linear):
-                saved.append(x)
-                x = torch.baddbmm(params[position + 1], x, params[position])
-                position += 2
-            elif isinstance(layer, nn.Flatten):
-                x = x.flatten(2)
-            else:
-                x = layer(x)
-                saved.append(x)
-        log_p = x.log_softmax(dim=2)
+        saved: list[torch.Tensor] = []
+        log_p = self.forward(params, x, saved).log_softmax(dim=2)
+        position = len(params)
         fold_losses = -((target * log_p).sum(dim=2) * weight).sum(dim=1)
         grad = torch.empty_like(weights)
         grads = self.views(grad)
