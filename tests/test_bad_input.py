@@ -20,6 +20,15 @@ def run_dlexp(args, cwd=PROJECT_ROOT):
                           env=env, timeout=300)
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def point_file(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text)
@@ -54,6 +63,8 @@ CASES = [
     ("optimizer-arg", lambda t: ["+optimizer.momentum=0.9"], "optimizer: cannot build torch.optim.Adam", 2),
     ("unknown-key", lambda t: ["trainer.epochs=3"], "trainer.epochs", 1),
     ("unknown-group-option", lambda t: ["optimizer=adamm"], "optimizer/adamm", 1),
+    ("tracking-server-unreachable", lambda t: [f"tracking.uri=http://127.0.0.1:{free_port()}"],
+     "no MLflow server answers there", 2),
     ("missing-file", lambda t: [f"dataset.train_path={t}/nope.txt"], "nope.txt: data file not found", 2),
     ("empty-file", train_file("e.txt", ""), "e.txt: file is empty", 2),
     ("ragged", train_file("r.txt", GOOD_TRAIN + "1 0.5\n"),
