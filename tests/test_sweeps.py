@@ -104,7 +104,8 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     command = [sys.executable, "-m", "dlexp", "+experiment=spiral", "trainer.folds=3",
                "trainer.max_epochs=400", "trainer.patience=400", "plots.grid_resolution=20",
-               "tracking.experiment_name=sigterm", *sqlite_store(tmp_path)]
+               "tracking.experiment_name=sigterm", "trainer.strategy=sequential",  # folds finish one by one
+               f"hydra.run.dir={tmp_path / 'run'}", *sqlite_store(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, env=dlexp_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -132,6 +133,8 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
     assert {"best_val_loss", "test_acc", "best_epoch"} <= set(fold.data.metrics)
     history = client.get_metric_history(fold.info.run_id, "val_loss")
     assert len(history) == fold.data.metrics["epochs_run"] == 400
+    assert (tmp_path / "run" / "FAILED.txt").read_text().startswith("KILLED: Interrupted: stopped by SIGTERM")
+    assert not (tmp_path / "run" / "summary.json").exists()
 
 
 def test_optuna_search_maximises_validation_accuracy_and_is_one_sweep_run(tmp_path):
