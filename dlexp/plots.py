@@ -17,11 +17,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 CMAP = "tab10"
+#: Fixed margins for the per-run plots, whose labels are known in advance. A layout engine
+#: (constrained or tight) draws each figure twice to measure it: 70-80 ms a PNG instead of 55 ms.
+MARGINS = {"left": 0.09, "right": 0.98, "bottom": 0.09, "top": 0.93}
 
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)  # the constrained layout fits the labels in: no second render
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -41,7 +44,8 @@ def _legend(ax, class_names: Sequence[str]) -> None:
 
 def plot_data(path: Path, x_train, y_train, x_test, y_test, class_names: Sequence[str]) -> Path:
     """Train and test points side by side, coloured by class (first two features)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True, layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True)
+    fig.subplots_adjust(**MARGINS, wspace=0.08)
     for ax, x, y, title in ((axes[0], x_train, y_train, "train"), (axes[1], x_test, y_test, "test")):
         _scatter(ax, np.asarray(x), np.asarray(y), len(class_names))
         ax.set_title(f"{title} ({len(y)} points)")
@@ -52,7 +56,8 @@ def plot_data(path: Path, x_train, y_train, x_test, y_test, class_names: Sequenc
 def plot_loss_curves(path: Path, histories: dict[str, dict[str, list[float]]],
                      best_epochs: dict[str, int] | None = None) -> Path:
     """Training (dashed) and validation (solid) loss per epoch for each named history."""
-    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    fig.subplots_adjust(**MARGINS)
     colours = plt.get_cmap(CMAP)
     for i, (name, history) in enumerate(histories.items()):
         epochs = np.arange(1, len(history["val_loss"]) + 1)
@@ -94,7 +99,8 @@ def plot_decision_boundary(
     gx, gy = grid
     flat = torch.from_numpy(np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float32))
     regions = predict(flat).reshape(gx.shape)
-    fig, ax = plt.subplots(figsize=(6, 6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6, 6))
+    fig.subplots_adjust(**MARGINS)
     ax.contourf(gx, gy, regions, levels=np.arange(-0.5, 10.5), cmap=CMAP, vmin=-0.5, vmax=9.5, alpha=0.35)
     _scatter(ax, x, y, len(class_names))
     if marked is not None and marked.any():
