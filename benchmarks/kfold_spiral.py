@@ -7,7 +7,7 @@ Every variant trains the course set-up (MLP 2-64-32-5, Adam 0.01, StepLR 50 x0.8
 epochs, patience 30, the same 5 stratified folds, seed 42) in its own fresh process, so peak memory is
 that variant's alone; the variants alternate within each repeat, so machine load hits them alike. Every
 worker imports the same modules, so their memory differs only by what training uses. The whole command
-``python -m dlexp +experiment=spiral`` (start-up, MLflow logging and the 14 plots included) is timed as
+``python -m dlexp +experiment=spiral`` (start-up, MLflow logging and the 16 plots included) is timed as
 a process too, against the course loop's whole process, into a throw-away MLflow store.
 """
 
@@ -158,12 +158,26 @@ def worker(variant: str, data_dir: Path, threads: int) -> None:
                       "training_mb": peak - before, "threads": torch.get_num_threads(), "epochs": epochs}))
 
 
+def run_process(command: list[str]) -> tuple[str, float, float]:
+    """Runs ``command`` to its end: its stdout, wall seconds and peak RSS in MB (from ``wait4``)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{err.read()[-2000:]}")
+        return out.read(), seconds, usage.ru_maxrss / 1024
+
+
 def run_worker(variant: str, data_dir: Path, threads: int) -> dict:
     command = [sys.executable, __file__, "--worker", variant, "--data", str(data_dir),
                "--threads", str(threads)]
-    started = time.perf_counter()
-    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "wall": time.perf_counter() - started}
+    stdout, seconds, peak_mb = run_process(command)
+    return {**json.loads(stdout.strip().splitlines()[-1]), "wall": seconds, "process_peak_mb": peak_mb}
 
 
 def run_command(data_dir: Path, store: Path, threads: int) -> dict:
@@ -174,13 +188,9 @@ def run_command(data_dir: Path, store: Path, threads: int) -> dict:
                f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
                f"tracking.artifact_location={store / 'artifacts'}",
                f"trainer.num_threads={threads}", f"hydra.run.dir={store / 'runs' / str(time.time_ns())}"]
-    started = time.perf_counter()
-    out = subprocess.run(command + ["hydra/job_logging=disabled"], capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - started
-    if out.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-2000:]}")
+    _, seconds, peak_mb = run_process(command + ["hydra/job_logging=disabled"])
     summary = json.loads(max((store / "runs").glob("*/summary.json"), key=os.path.getmtime).read_text())
-    return {"wall": seconds, "test_acc_mean": summary["test_acc_fold_mean"]}
+    return {"wall": seconds, "test_acc_mean": summary["test_acc_fold_mean"], "process_peak_mb": peak_mb}
 
 
 def median(rows: list[dict], key: str) -> float:
@@ -229,10 +239,12 @@ def main() -> None:
                   f"{'/'.join(map(str, r[0]['epochs']))} | "
                   f"{median(r, 'peak_mb'):.0f} | {median(r, 'training_mb'):.0f} |")
         command = rows[("command", None)]
-        print(f"\n| whole process, start to end | wall s (median) | vs (a) process |\n|---|---|---|\n"
-              f"| (a) course loop script | {course_process:.2f} | 1.00 |\n"
+        course_peak = median(rows[("course", args.threads)], "process_peak_mb")
+        print(f"\n| whole process, start to end | wall s (median) | vs (a) process | peak RSS MB |\n"
+              f"|---|---|---|---|\n"
+              f"| (a) course loop script | {course_process:.2f} | 1.00 | {course_peak:.0f} |\n"
               f"| `python -m dlexp +experiment=spiral` (auto) | {median(command, 'wall'):.2f} | "
-              f"{median(command, 'wall') / course_process:.2f} |\n")
+              f"{median(command, 'wall') / course_process:.2f} | {median(command, 'process_peak_mb'):.0f} |\n")
         print("All runs (s): " + "; ".join(
             f"{variant}: "
             + ", ".join(f"{row.get('seconds', row['wall']):.2f}" for row in r)
