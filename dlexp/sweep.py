@@ -9,6 +9,9 @@ sides goes through the sweep folder, which every launcher shares with its jobs:
 - each job leaves ``dlexp_job.json`` in its own folder (its run, or the earlier run it reused, or its error);
   the end of the sweep reads them back into the jobs table and names the best job.
 
+Stopping: ``kill`` of the sweep's process ends it like Ctrl-C; jobs that their launcher killed on the way
+(joblib SIGKILLs its workers when the sweep stops or a job raises) are ended KILLED by the sweep's end.
+
 Resuming: each job run carries its config hash (dlexp.tracking.config_hash); with ``tracking.resume`` a job
 whose identical config already FINISHED in the experiment is skipped and reuses that run. Rerunning the same
 sweep command also reuses the same parent run, so a resumed sweep stays one group in the UI.
@@ -29,7 +32,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.errors import DlexpError, find_user_error
+from dlexp.errors import find_user_error
+from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ SWEEP_FILE = "mlflow_sweep.json"
 JOB_FILE = "dlexp_job.json"
 SWEEP_HASH_TAG = "dlexp.sweep_hash"
 PARENT_TAG = "mlflow.parentRunId"
+ORPHAN_REASON = "Interrupted: the launcher ended the job's process with the sweep"
 
 
 def sweep_hash(config: DictConfig) -> str:
@@ -56,22 +61,40 @@ class SweepRun(Callback):
 
     def __init__(self) -> None:
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.sweep_dir: Path | None = None
         self.best_metric = "val_acc_mean"
+        self.jobs_on_this_machine = True
+        self.took_sigterm = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self.open_run(config)
+        except Exception as error:  # Hydra would only warn and run every job untracked: stop instead
+            from dlexp.tracking import one_line
+
+            reason = find_user_error(error) or f"{config.tracking.uri}: {one_line(error)}"
+            print(f"error: the sweep's MLflow run could not be opened: {reason}", file=sys.stderr)
+            sys.exit(2)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id}))
+        # Jobs in this process (basic launcher) or its workers (joblib), not on a cluster (submitit).
+        self.jobs_on_this_machine = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
+        atexit.register(self.finish, completed=False)  # a job raised or was interrupted: end the run anyway
+        if can_take_sigterm():  # `kill` of the sweep ends it like Ctrl-C, not silently with runs left RUNNING
+            take_sigterm()
+            self.took_sigterm = True
+
+    def open_run(self, config: DictConfig) -> None:
+        """Create the store and the experiment if needed, and the sweep's run (or reopen the same sweep's)."""
         from mlflow.tracking import MlflowClient
 
         from dlexp.tracking import setup_experiment
 
         tracking = config.tracking
-        try:
-            # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
-            experiment_id = setup_experiment(tracking.uri, tracking.experiment_name,
-                                             tracking.artifact_location)
-        except DlexpError as error:  # Hydra would only warn about a callback's exception
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+        # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
+        experiment_id = setup_experiment(tracking.uri, tracking.experiment_name, tracking.artifact_location)
         client = MlflowClient()
         identity = sweep_hash(config)
         previous = client.search_runs(
@@ -88,11 +111,8 @@ class SweepRun(Callback):
                                     tags={SWEEP_HASH_TAG: identity, "dlexp.kind": "sweep",
                                           "dlexp.overrides": overrides})
             self.run_id = run.info.run_id
+        self.experiment_id = experiment_id
         self.best_metric = str(tracking.best_metric)
-        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id}))
-        atexit.register(self.finish, completed=False)  # a job raised or was interrupted: end the run anyway
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = self.finish(completed=True)
@@ -114,6 +134,10 @@ class SweepRun(Callback):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
+        if self.took_sigterm:
+            release_sigterm()
+        if self.jobs_on_this_machine:  # none of its jobs can still be running now
+            end_orphaned_job_runs(client, self.experiment_id, run_id)
         rows = jobs_table(client, self.sweep_dir)
         statuses = {row["status"] for row in rows}
         if completed and statuses <= {"FINISHED"} and rows:
@@ -123,6 +147,28 @@ class SweepRun(Callback):
         log_jobs_table(client, run_id, rows, self.best_metric, self.sweep_dir)
         client.set_terminated(run_id, RunStatus.to_string(status))
         return [row for row in rows if row["status"] != "FINISHED"]
+
+
+def end_orphaned_job_runs(client, experiment_id: str, sweep_run_id: str) -> None:
+    """End KILLED the job runs of the sweep that are still RUNNING, with their fold runs.
+
+    A job's own process ends its run on every path it survives (``dlexp.tracking.mlflow_run``), but not
+    SIGKILL, which is how joblib stops the other workers once a job raised or the sweep was interrupted.
+    Each such job also gets the record and ``FAILED.txt`` its folder would have got.
+    """
+    def running_children(parent_id: str) -> list:
+        return client.search_runs([experiment_id], max_results=1000, filter_string=(
+            f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'"))
+
+    for job in running_children(sweep_run_id):
+        for run in [*running_children(job.info.run_id), job]:
+            client.set_tag(run.info.run_id, "dlexp.error", ORPHAN_REASON)
+            client.set_terminated(run.info.run_id, "KILLED")
+        folder = job.data.tags.get("dlexp.output_dir")
+        if folder and Path(folder).is_dir() and "dlexp.sweep_job" in job.data.tags:
+            (Path(folder) / "FAILED.txt").write_text(f"KILLED: {ORPHAN_REASON}\nMLflow run: {job.info.run_id}\n")
+            SweepJob(sweep_run_id, int(job.data.tags["dlexp.sweep_job"]), Path(folder)).write_record(
+                job.info.run_id, reused=False, error=ORPHAN_REASON)
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:

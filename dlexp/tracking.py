@@ -46,8 +46,12 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
     """
     database = sqlite_path(uri)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
-        use_write_ahead_log(database)
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            use_write_ahead_log(database)
+        except (OSError, sqlite3.Error) as error:
+            detail = f"{error.strerror}: {error.filename}" if getattr(error, "filename", None) else str(error)
+            raise DlexpError(f"tracking.uri={uri}: cannot open a SQLite store there ({detail})") from None
     server = uri.startswith(("http://", "https://"))
     if server:
         check_server(uri)

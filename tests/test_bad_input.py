@@ -65,6 +65,8 @@ CASES = [
     ("unknown-group-option", lambda t: ["optimizer=adamm"], "optimizer/adamm", 1),
     ("tracking-server-unreachable", lambda t: [f"tracking.uri=http://127.0.0.1:{free_port()}"],
      "no MLflow server answers there", 2),
+    ("tracking-store-under-a-file", lambda t: [f"tracking.uri=sqlite:///{point_file(t, 'f', '')}/m.db"],
+     "cannot open a SQLite store there (File exists: ", 2),
     ("missing-file", lambda t: [f"dataset.train_path={t}/nope.txt"], "nope.txt: data file not found", 2),
     ("empty-file", train_file("e.txt", ""), "e.txt: file is empty", 2),
     ("ragged", train_file("r.txt", GOOD_TRAIN + "1 0.5\n"),
@@ -102,6 +104,18 @@ def test_bad_input_is_one_clear_error(tmp_path, store, make_overrides, expected,
     experiment = store["client"].get_experiment_by_name("spiral")
     assert experiment is None or not store["client"].search_runs([experiment.experiment_id])
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_sweep_whose_store_cannot_be_opened_stops_before_its_jobs(tmp_path):
+    """Hydra only warns when a callback raises: the sweep must stop itself, not run its jobs untracked."""
+    result = run_dlexp(["-m", *SPIRAL, "optimizer.lr=0.1,0.01", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                        f"tracking.uri=sqlite:///{point_file(tmp_path, 'f', '')}/m.db"])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"error: the sweep's MLflow run could not be opened: tracking.uri=sqlite:///{tmp_path}/f/m.db: "
+        f"cannot open a SQLite store there (File exists: {tmp_path}/f)")
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "sweep").glob("*/.hydra"))  # no job started
 
 
 def test_diverging_training_fails_the_run_with_the_reason(tmp_path, store):

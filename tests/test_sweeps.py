@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import joblib
 import pytest
@@ -135,6 +136,63 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
     assert len(history) == fold.data.metrics["epochs_run"] == 400
     assert (tmp_path / "run" / "FAILED.txt").read_text().startswith("KILLED: Interrupted: stopped by SIGTERM")
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's /proc), e.g. the joblib launcher's workers."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def is_running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_to_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(tmp_path):
+    # `kill` hits only the sweep's own process; joblib then SIGKILLs its workers, whose runs cannot end
+    # themselves: the sweep must end them, or they stay RUNNING forever.
+    command = [sys.executable, "-m", "dlexp", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+               "+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=400", "trainer.patience=400",
+               "trainer.strategy=sequential", "plots.grid_resolution=20", "optimizer.lr=0.01,0.003",
+               "tracking.experiment_name=stop_sweep", *sqlite_store(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, env=dlexp_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        # Not before the sweep has set the store up: an MlflowClient creates a missing store itself.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            if (tmp_path / "sweep" / "mlflow_sweep.json").exists():
+                client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+                _, jobs, folds = runs_by_kind(client, "stop_sweep")
+                if sum(r.info.status == "RUNNING" for r in jobs) == 2 and len(folds) >= 2:  # both training
+                    break
+            time.sleep(0.2)
+        assert process.poll() is None, "the sweep ended before it could be stopped"
+        workers = child_pids(process.pid)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
+
+    sweeps, jobs, folds = runs_by_kind(client, "stop_sweep")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "KILLED"
+    assert len(jobs) == 2 and {r.info.status for r in jobs} == {"KILLED"}
+    assert folds and {r.info.status for r in folds} <= {"FINISHED", "KILLED"}  # nothing left RUNNING
+    for job in jobs:
+        folder = Path(job.data.tags["dlexp.output_dir"])
+        assert (folder / "FAILED.txt").read_text().startswith("KILLED: Interrupted")
+        assert not (folder / "summary.json").exists()
+    assert (tmp_path / "sweep" / "sweep_jobs.csv").read_text().count("KILLED") == 2
+    deadline = time.monotonic() + 10
+    while any(is_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers and not any(is_running(pid) for pid in workers)
 
 
 def test_optuna_search_maximises_validation_accuracy_and_is_one_sweep_run(tmp_path):
