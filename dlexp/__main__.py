@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM as Interrupted
-        print(f"interrupted: {interrupt or 'Ctrl-C'}; the MLflow run ended KILLED", file=sys.stderr)
+        print(f"interrupted: {str(interrupt) or 'Ctrl-C'}; the MLflow run ended KILLED", file=sys.stderr)
         sys.exit(128 + getattr(interrupt, "signum", signal.SIGINT))
     return summary.get(cfg.tracking.best_metric, float("nan"))
 
@@ -56,7 +56,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt as interrupt:  # a sweep's own process (a job reports its own, in main)
-        print(f"interrupted: {interrupt or 'Ctrl-C'}; the sweep's unfinished runs end KILLED", file=sys.stderr)
+        print(f"interrupted: {str(interrupt) or 'Ctrl-C'}; the sweep's unfinished runs end KILLED", file=sys.stderr)
         sys.exit(128 + getattr(interrupt, "signum", signal.SIGINT))
     finally:
         # The process ends here: spare the interpreter's final collection those ~750,000 objects, another

@@ -4,6 +4,7 @@ resuming after a failure, SIGTERM ending a run KILLED, and the cluster launcher 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -152,15 +153,28 @@ def is_running(pid: int) -> bool:
         return False
 
 
-def test_sigterm_to_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(tmp_path):
-    # `kill` hits only the sweep's own process; joblib then SIGKILLs its workers, whose runs cannot end
-    # themselves: the sweep must end them, or they stay RUNNING forever.
+def stop_sweep_process(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)  # `kill PID`: only the sweep's own process gets it
+
+
+def press_ctrl_c(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C: every process of the group gets it
+
+
+@pytest.mark.parametrize(("stop", "code", "message"), [
+    (stop_sweep_process, 128 + signal.SIGTERM, "interrupted: stopped by SIGTERM"),
+    (press_ctrl_c, 128 + signal.SIGINT, "interrupted: Ctrl-C"),
+], ids=["sigterm-to-sweep", "ctrl-c"])
+def test_stopping_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(tmp_path, stop, code, message):
+    # After `kill`, joblib SIGKILLs its workers, whose runs cannot end themselves: the sweep must end them,
+    # or they stay RUNNING forever. After Ctrl-C, each job may end its own run first.
     command = [sys.executable, "-m", "dlexp", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
                "+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=400", "trainer.patience=400",
                "trainer.strategy=sequential", "plots.grid_resolution=20", "optimizer.lr=0.01,0.003",
                "tracking.experiment_name=stop_sweep", *sqlite_store(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, env=dlexp_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,  # its own group
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Not before the sweep has set the store up: an MlflowClient creates a missing store itself.
         deadline = time.monotonic() + 180
@@ -173,12 +187,12 @@ def test_sigterm_to_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(
             time.sleep(0.2)
         assert process.poll() is None, "the sweep ended before it could be stopped"
         workers = child_pids(process.pid)
-        process.send_signal(signal.SIGTERM)
+        stop(process)
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "interrupted: stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert process.returncode == code, stderr[-3000:]
+    assert message in stderr and "Traceback" not in stderr
 
     sweeps, jobs, folds = runs_by_kind(client, "stop_sweep")
     assert len(sweeps) == 1 and sweeps[0].info.status == "KILLED"
@@ -186,7 +200,7 @@ def test_sigterm_to_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(
     assert folds and {r.info.status for r in folds} <= {"FINISHED", "KILLED"}  # nothing left RUNNING
     for job in jobs:
         folder = Path(job.data.tags["dlexp.output_dir"])
-        assert (folder / "FAILED.txt").read_text().startswith("KILLED: Interrupted")
+        assert (folder / "FAILED.txt").read_text().startswith("KILLED: ")
         assert not (folder / "summary.json").exists()
     assert (tmp_path / "sweep" / "sweep_jobs.csv").read_text().count("KILLED") == 2
     deadline = time.monotonic() + 10
