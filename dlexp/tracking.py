@@ -5,8 +5,9 @@ Hydra's per-job folders never scatter stores around. ``tracking.uri`` may point 
 
 Parallel jobs may share the SQLite file: MLflow (3.x) already gives every session
 ``PRAGMA busy_timeout = 20000`` (mlflow/store/db/utils.py), and ``setup_experiment`` switches the file to
-write-ahead logging so readers never block the writer. The store is created once, by the sweep's own
-process (dlexp.sweep), before any job starts: concurrent first-time schema migrations are what breaks.
+write-ahead logging so readers never block the writer. Concurrent first-time schema migrations are what
+breaks: a sweep creates its store in its own process (dlexp.sweep) before any job starts, and separate
+commands take turns through a lock file beside the store (``first_use_lock``).
 """
 
 from __future__ import annotations
@@ -48,26 +49,57 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
     if database is not None:
         try:
             database.parent.mkdir(parents=True, exist_ok=True)
-            use_write_ahead_log(database)
-        except (OSError, sqlite3.Error) as error:
-            detail = f"{error.strerror}: {error.filename}" if getattr(error, "filename", None) else str(error)
-            raise DlexpError(f"tracking.uri={uri}: cannot open a SQLite store there ({detail})") from None
+        except OSError as error:
+            raise DlexpError(f"tracking.uri={uri}: cannot open a SQLite store there "
+                             f"({error.strerror}: {error.filename})") from None
     server = uri.startswith(("http://", "https://"))
     if server:
         check_server(uri)
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
-        try:
-            experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            # Another job of a parallel sweep created it first.
-            experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
-    else:
-        experiment_id = experiment.experiment_id
+    with first_use_lock(database):
+        if database is not None:
+            use_write_ahead_log(uri, database)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(experiment_name)  # MLflow creates the schema here
+        if experiment is None:
+            location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
+            try:
+                experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                # Another job of a parallel sweep created it first.
+                experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextmanager
+def first_use_lock(database: Path | None) -> Iterator[None]:
+    """Let one process at a time open a SQLite store for the first time in the process.
+
+    MLflow creates and migrates the schema of a new store on first use; two runs started together on a
+    new store both do it, and one dies with "duplicate column name" or "database is locked" (seen with two
+    runs started at once, 3 times out of 3). A POSIX lock on ``<store>.lock`` puts them in a row; where
+    there is no ``fcntl`` (Windows) the runs go unserialised, as MLflow leaves them.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if database is None or fcntl is None:
+        yield
+        return
+    path = database.with_name(database.name + ".lock")
+    try:
+        lock = open(path, "w")  # noqa: SIM115 (closed below, after the lock is released)
+    except OSError as error:
+        raise DlexpError(f"{path}: cannot create the MLflow store's lock file ({error.strerror})") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_server(uri: str, timeout: float = 10.0) -> None:
@@ -81,13 +113,16 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
                          "`python -m dlexp.server` or fix the address") from None
 
 
-def use_write_ahead_log(database: Path) -> None:
+def use_write_ahead_log(uri: str, database: Path) -> None:
     """Switch a SQLite file to WAL journaling (a persistent property of the file; a no-op once set)."""
-    connection = sqlite3.connect(database, timeout=20)
     try:
-        connection.execute("PRAGMA journal_mode=WAL")
-    finally:
-        connection.close()
+        connection = sqlite3.connect(database, timeout=20)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    except sqlite3.Error as error:
+        raise DlexpError(f"tracking.uri={uri}: cannot open a SQLite store there ({error})") from None
 
 
 CONFIG_HASH_TAG = "dlexp.config_hash"
