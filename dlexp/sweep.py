@@ -138,7 +138,7 @@ class SweepRun(Callback):
             release_sigterm()
         if self.jobs_on_this_machine:  # none of its jobs can still be running now
             end_orphaned_job_runs(client, self.experiment_id, run_id)
-        rows = jobs_table(client, self.sweep_dir)
+        rows = jobs_table(client, self.experiment_id, self.sweep_dir)
         statuses = {row["status"] for row in rows}
         if completed and statuses <= {"FINISHED"} and rows:
             status = RunStatus.FINISHED
@@ -176,24 +176,39 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return [path.parent.parent for path in sweep_dir.rglob(".hydra/hydra.yaml")]
 
 
-def jobs_table(client, sweep_dir: Path) -> list[dict]:
-    """One row per job: number, overrides, status, whether it reused an earlier run, run id and metrics."""
+def jobs_table(client, experiment_id: str, sweep_dir: Path) -> list[dict]:
+    """One row per job: number, overrides, status, whether it reused an earlier run, run id and metrics.
+
+    A job killed before it wrote its record is found by its folder's tag on its run, if it started one.
+    """
     rows = []
     for folder in job_folders(sweep_dir):
         hydra_cfg = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra
         record_file = folder / JOB_FILE
         record = json.loads(record_file.read_text()) if record_file.exists() else {}
+        if not record and (run := job_run(client, experiment_id, folder)) is not None:
+            record = {"run_id": run.info.run_id}
         row = {"job": int(hydra_cfg.job.num), "overrides": " ".join(hydra_cfg.overrides.task),
                "status": "MISSING", "reused": record.get("reused", False), "run_id": record.get("run_id"),
                "error": record.get("error")}
         if row["run_id"]:
             run = client.get_run(row["run_id"])
             row["status"] = run.info.status
+            row["error"] = row["error"] or run.data.tags.get("dlexp.error")
             row.update(run.data.metrics)
         elif row["error"]:
             row["status"] = "FAILED"
         rows.append(row)
     return sorted(rows, key=lambda row: row["job"])
+
+
+def job_run(client, experiment_id: str, output_dir: Path):
+    """The run a job started (its output folder is tagged on it), or None if it got no run."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`dlexp.output_dir` = '{output_dir}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0] if runs else None
 
 
 def best_row(rows: list[dict], metric: str) -> dict | None:
@@ -278,14 +293,11 @@ class SweepJob:
             self.write_record(self.own_run_id(experiment_id), reused=False, error=error)
 
     def own_run_id(self, experiment_id: str) -> str | None:
-        """The run this job started (its output folder is tagged on it), if it got that far."""
+        """The run this job started, if it got that far."""
         from mlflow.tracking import MlflowClient
 
-        runs = MlflowClient().search_runs(
-            [experiment_id], filter_string=f"tags.`dlexp.output_dir` = '{self.output_dir}'",
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+        run = job_run(MlflowClient(), experiment_id, self.output_dir)
+        return run.info.run_id if run else None
 
     def write_record(self, run_id: str | None, reused: bool, error: str | None = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
