@@ -50,8 +50,7 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
         try:
             database.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise DlexpError(f"tracking.uri={uri}: cannot open a SQLite store there "
-                             f"({error.strerror}: {error.filename})") from None
+            raise store_error(uri, error) from None
     server = uri.startswith(("http://", "https://"))
     if server:
         check_server(uri)
@@ -122,7 +121,13 @@ def use_write_ahead_log(uri: str, database: Path) -> None:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        raise DlexpError(f"tracking.uri={uri}: cannot open a SQLite store there ({error})") from None
+        raise store_error(uri, error) from None
+
+
+def store_error(uri: str, error: OSError | sqlite3.Error) -> DlexpError:
+    """The one-line error for a SQLite store that cannot be made or opened at ``uri``."""
+    detail = f"{error.strerror}: {error.filename}" if getattr(error, "filename", None) else str(error)
+    return DlexpError(f"tracking.uri={uri}: cannot open a SQLite store there ({detail})")
 
 
 CONFIG_HASH_TAG = "dlexp.config_hash"
