@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import ACTIVATIONS
-from dlexp.training import EarlyStopping, FoldResult, TrainingDiverged, check_finite
+from dlexp.training import NO_HOOKS, EarlyStopping, FoldResult, TrainingDiverged, TrainingHooks, check_finite
 
 ELEMENTWISE_LAYERS = (nn.Flatten, *ACTIVATIONS.values())
 #: Activations whose derivative follows from their output, which get a hand-written backward pass: each
@@ -291,6 +291,7 @@ def train_folds_batched(
     patience: int,
     generators: Sequence[torch.Generator],
     min_delta: float = 0.0,
+    hooks: TrainingHooks = NO_HOOKS,
 ) -> list[FoldResult]:
     """Train fold ``i``'s ``models[i]`` on ``folds[i] = (train_indices, val_indices)``, all at once.
 
@@ -298,6 +299,7 @@ def train_folds_batched(
     learning-rate schedule, which is the same for every fold. Each model ends holding its best epoch's
     weights, also returned in its :class:`FoldResult` like ``train_fold`` does. A fold whose loss turns
     NaN or infinite stops there and comes back with ``diverged`` set; the others train to the end.
+    ``hooks`` hear of every fold's epochs, and of each fold as it stops (with its best weights loaded).
     """
     device = x.device
     k = len(models)
@@ -315,6 +317,14 @@ def train_folds_batched(
     val_index, val_weight = val_index.to(device), val_weight.to(device)
     stacked.bind(weights)
     n_classes = models[0][-1].out_features
+    for result in results:
+        hooks.fold_start(result.fold)
+
+    def finish(i: int) -> None:
+        """Fold ``i`` has stopped: its best weights into its model and result, then its hook."""
+        results[i].state_dict = stacked.state_dict(best_weights[i], models[i])
+        models[i].load_state_dict(results[i].state_dict)
+        hooks.fold_end(results[i])
 
     for epoch in range(1, max_epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -361,12 +371,16 @@ def train_folds_batched(
             except TrainingDiverged as error:
                 result.diverged = error  # dropped like a stopped fold; the others train on
                 continue
+            hooks.epoch_end(result.fold, epoch, metrics)
             if stopper.step(metrics["val_loss"], epoch):
                 result.best_epoch, result.best_val_loss, result.best_val_acc = (
                     epoch, metrics["val_loss"], metrics["val_acc"])
                 best_weights[i] = weights[row]
             if not stopper.should_stop:
                 still_running.append(row)
+        for row, i in enumerate(running):
+            if row not in still_running and results[i].diverged is None:
+                finish(i)
         if len(still_running) < len(running):
             weights = weights[torch.tensor(still_running, dtype=torch.long, device=device)]
             adam.keep(still_running)
@@ -378,7 +392,10 @@ def train_folds_batched(
             optimizer._opt_called = True  # its step is ours: silences torch's "scheduler before optimizer"
             scheduler.step()
 
-    for i, (result, model) in enumerate(zip(results, models, strict=True)):
-        result.state_dict = stacked.state_dict(best_weights[i], model)
-        model.load_state_dict(result.state_dict)
+    for i in running:  # reached max_epochs
+        finish(i)
+    for i, result in enumerate(results):  # diverged folds keep their best weights too
+        if result.diverged is not None:
+            result.state_dict = stacked.state_dict(best_weights[i], models[i])
+            models[i].load_state_dict(result.state_dict)
     return results

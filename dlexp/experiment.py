@@ -28,7 +28,7 @@ from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.splits import kfold_indices
 from dlexp.tracking import flatten, git_commit, job_tags, log_history, mlflow_run, setup_experiment
-from dlexp.training import FoldResult, predict_logits, train_fold
+from dlexp.training import NO_HOOKS, FoldResult, TrainingHooks, predict_logits, train_fold
 from dlexp.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,13 @@ def choose_strategy(requested: str, objects: FoldObjects, data) -> str:
 
 
 def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, y: torch.Tensor,
-                device: torch.device, strategy: str) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
+                device: torch.device, strategy: str,
+                hooks: TrainingHooks = NO_HOOKS) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
     """Train every fold with ``trainer.strategy``; yields each fold's result and its model (best weights).
 
     Sequential training yields each fold as it finishes; batched training yields them all at the end.
-    Both give fold ``k`` the same initial weights (seed + k) and the same data order (its own generator).
+    Both give fold ``k`` the same initial weights (seed + k) and the same data order (its own generator),
+    and both tell ``hooks`` of every epoch and fold as training goes.
     """
     trainer = cfg.trainer
     fold_indices = [(torch.as_tensor(train, device=device), torch.as_tensor(val, device=device))
@@ -101,7 +103,7 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
         results = train_folds_batched(
             models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
             batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
-            generators=generators, min_delta=trainer.min_delta,
+            generators=generators, min_delta=trainer.min_delta, hooks=hooks,
         )
         yield from ((r, m) for r, m in zip(results, models, strict=True) if r.diverged is None)
         if diverged := next((r.diverged for r in results if r.diverged is not None), None):
@@ -115,7 +117,7 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
             batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
             generator=generators[fold - 1], min_delta=trainer.min_delta,
             train_transform=getattr(data, "train_transform", None),
-            eval_transform=getattr(data, "eval_transform", None),
+            eval_transform=getattr(data, "eval_transform", None), hooks=hooks,
         )
         yield result, objects.model
 

@@ -144,6 +144,24 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
+#: Words in a metric's name that mean lower is better (losses, errors, times); all else goes up.
+LOWER_IS_BETTER_WORDS = ("loss", "error", "err", "mse", "mae", "rmse", "seconds", "time")
+
+
+def higher_is_better(metric: str, mode: str = "auto") -> bool:
+    """Whether a larger ``metric`` is better: ``mode`` ``max``/``min`` as the user says, or ``auto`` from
+    its name (``best_val_loss`` goes down, ``val_acc_mean`` goes up). Sweeps (best job) and searches
+    (their direction) share this one rule, ``tracking.best_metric_mode`` in the config."""
+    if mode in ("max", "min"):
+        return mode == "max"
+    if mode != "auto":
+        raise DlexpError(f"tracking.best_metric_mode={mode!r}: expected auto, max or min")
+    import re
+
+    words = re.split(r"[^a-z]+", metric.lower())
+    return not any(word in LOWER_IS_BETTER_WORDS for word in words)
+
+
 def job_tags(cfg: DictConfig) -> dict[str, str]:
     """Tags of every job's run: its config hash (what resumed sweeps look for) and its torch threads."""
     import torch

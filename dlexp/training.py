@@ -93,6 +93,46 @@ class FoldResult:
     diverged: TrainingDiverged | None = None  # set when batched training dropped the fold for a NaN loss
 
 
+class TrainingHooks:
+    """What training tells the rest of a run while it goes (progress, live metrics, pruning).
+
+    Both paths call them: one-by-one training (``train_fold``) and all folds at once (dlexp.batched),
+    where ``fold_start`` comes for every fold before the first epoch and ``fold_end`` when a fold stops
+    (its result then holds its best weights in ``state_dict``). Every method here does nothing; override
+    what you need. An exception raised in a hook stops training and propagates (a pruned trial does that).
+    """
+
+    def fold_start(self, fold: int) -> None:
+        pass
+
+    def epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def fold_end(self, result: FoldResult) -> None:
+        pass
+
+
+class HookList(TrainingHooks):
+    """Several hooks called in order."""
+
+    def __init__(self, hooks: list[TrainingHooks]) -> None:
+        self.hooks = hooks
+
+    def fold_start(self, fold: int) -> None:
+        for hook in self.hooks:
+            hook.fold_start(fold)
+
+    def epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        for hook in self.hooks:
+            hook.epoch_end(fold, epoch, metrics)
+
+    def fold_end(self, result: FoldResult) -> None:
+        for hook in self.hooks:
+            hook.fold_end(result)
+
+
+NO_HOOKS = TrainingHooks()
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 EVAL_CHUNK = 1024  # rows per forward pass when evaluating, to bound memory on large (image) sets
 
@@ -129,7 +169,7 @@ def train_fold(
     patience: int,
     generator: torch.Generator,
     min_delta: float = 0.0,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    hooks: TrainingHooks = NO_HOOKS,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
 ) -> FoldResult:
@@ -147,6 +187,7 @@ def train_fold(
     stopper = EarlyStopping(patience, min_delta)
     result = FoldResult(fold=fold, train_indices=train_indices, val_indices=val_indices, history=history)
     result.state_dict = clone_state(model)
+    hooks.fold_start(fold)
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     for epoch in range(1, max_epochs + 1):
         model.train()
@@ -173,8 +214,7 @@ def train_fold(
             history[key].append(value)
         result.epochs_run = epoch
         check_finite(result, epoch)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+        hooks.epoch_end(fold, epoch, metrics)
         if stopper.step(val_loss, epoch):
             result.best_epoch, result.best_val_loss, result.best_val_acc = epoch, val_loss, val_acc
             result.state_dict = clone_state(model)
@@ -182,4 +222,5 @@ def train_fold(
             break
         step_scheduler(scheduler, val_loss)
     model.load_state_dict(result.state_dict)
+    hooks.fold_end(result)
     return result
