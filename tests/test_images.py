@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from dlexp.data import images as image_module
+from dlexp.data import image_cache
 from dlexp.data.images import (
     BatchTransform,
     CsvImageDataset,
@@ -179,7 +179,7 @@ def test_decode_all_caches_by_files_and_size(tmp_path, bees, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(image_module, "DataLoader", no_decoding)
+    monkeypatch.setattr(image_cache, "DataLoader", no_decoding)
     assert torch.equal(decode_all(dataset, (20, 16), num_workers=2, cache_dir=tmp_path / "cache"), first)
     monkeypatch.undo()
     next((tmp_path / "cache").glob("images-*.pt")).write_bytes(b"damaged")
