@@ -80,7 +80,8 @@ class SweepRun(Callback):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id}))
         # Jobs in this process (basic launcher) or its workers (joblib), not on a cluster (submitit).
-        self.jobs_on_this_machine = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        self.jobs_on_this_machine = not any(name in launcher for name in ("submitit", "slurm"))
         atexit.register(self.finish, completed=False)  # a job raised or was interrupted: end the run anyway
         if can_take_sigterm():  # `kill` of the sweep ends it like Ctrl-C, not silently with runs left RUNNING
             take_sigterm()

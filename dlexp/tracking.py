@@ -110,6 +110,34 @@ def check_server(uri: str, timeout: float = 10.0) -> None:
     except (OSError, ValueError) as error:
         raise DlexpError(f"tracking.uri={uri}: no MLflow server answers there ({error}); start one with "
                          "`python -m dlexp.server` or fix the address") from None
+    check_credentials(uri, timeout)
+
+
+def check_credentials(uri: str, timeout: float = 10.0) -> None:
+    """Stop with one line, before anything is logged, when a server that requires logins (``python -m
+    dlexp.server --auth``) refuses MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow's client
+    would fail at the first write, with a run half made)."""
+    import base64
+    import os
+    import urllib.error
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        if error.code not in (401, 403):
+            return  # not a login problem; MLflow's own calls will say what it is
+        given = (f"those of MLFLOW_TRACKING_USERNAME={user}" if user and password else
+                 "none were given: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        raise DlexpError(f"tracking.uri={uri}: the server refused the credentials ({error.code} "
+                         f"{error.reason}; {given})") from None
+    except (OSError, ValueError):
+        return  # the server answered /health a moment ago; MLflow's client retries what follows
 
 
 def use_write_ahead_log(uri: str, database: Path) -> None:

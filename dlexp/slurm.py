@@ -1,0 +1,165 @@
+"""Hydra's submitit SLURM launcher, made to survive what clusters do to jobs (conf/hydra/launcher/slurm.yaml).
+
+Hydra's launcher waits for each job's result in turn and raises the first failure, a multi-line submitit
+error, losing the others; and under submitit a job ignores SIGTERM (submitit keeps USR2 for its timeouts and
+preemption), so ``scancel`` or a requeue killed it after ``KillWait`` with its MLflow run left RUNNING. Here:
+
+- in the job, SIGTERM raises ``Interrupted`` like Ctrl-C, so a cancelled or requeued job ends its run KILLED
+  (with the folds it finished) before SLURM's SIGKILL; a requeued job then runs again from the start;
+- in the sweep, every job is waited for (SLURM is asked at least every ``POLL_SECONDS``, so a job that dies
+  silently is noticed soon), and a job that left no result does not stop the sweep: its run, if still
+  RUNNING, is ended (KILLED if SLURM cancelled the job, else FAILED), its folder gets the record and
+  ``FAILED.txt`` a failing job leaves, and the sweeper gets NaN for it, as for a job that failed with a
+  user error; the sweep's end lists it with one line and exits 2 (dlexp.sweep.SweepRun);
+- Ctrl-C of the sweep cancels its jobs, which then end their runs KILLED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dlexp.interrupts import take_sigterm
+
+log = logging.getLogger(__name__)
+
+#: How often the sweep asks SLURM (``sacct``) about its jobs at most; submitit alone backs off to 10 min.
+POLL_SECONDS = 10
+#: How long Ctrl-C of the sweep waits for its cancelled jobs to end their runs.
+CANCEL_WAIT_SECONDS = 60
+
+
+class SlurmLauncher(HydraSlurmLauncher):
+    """Hydra's ``submitit_slurm`` launcher (same options) that reports a dead job instead of raising."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
+        """Runs in the job, on the node: SIGTERM (scancel, requeue, preemption) ends the job's runs KILLED."""
+        take_sigterm()
+        return super().__call__(*args, **kwargs)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        executor = self.executor()
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
+        numbers = [initial_job_idx + i for i in range(len(job_overrides))]
+        for num, overrides in zip(numbers, job_overrides, strict=True):
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+        job_params = [(list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
+                      for num, overrides in zip(numbers, job_overrides, strict=True)]
+        jobs = executor.map_array(self, *zip(*job_params, strict=True))
+        try:
+            wait_for(jobs)
+        except KeyboardInterrupt:
+            cancel(jobs)
+            raise
+        return [self.job_return(job, list(overrides), num)
+                for job, overrides, num in zip(jobs, job_overrides, numbers, strict=True)]
+
+    def executor(self):
+        """The submitit executor with this launcher's parameters, built as Hydra's launcher builds it."""
+        import submitit
+
+        init_keys = {"submitit_folder", "max_num_timeout"}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
+                                         slurm_max_num_timeout=self.params.get("max_num_timeout", 0))
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value
+                                      for key, value in self.params.items() if key not in init_keys})
+        return executor
+
+    def job_return(self, job, overrides: list[str], num: int) -> JobReturn:
+        """The job's own JobReturn, or, for a job that left none, one with NaN after recording why."""
+        error = job.exception()  # None, or why there is no result (submitit's multi-line text)
+        if error is None:
+            return job.results()[0]
+        state = job.state.split()[0] if job.state else "UNKNOWN"
+        last_line = next((line.strip() for line in reversed(str(error).splitlines())
+                          if line.strip() and not line.startswith(("-", "You can check", "  - "))), "")
+        reason = f"SLURM job {job.job_id} ended {state} without a result"
+        if "has not produced any output" not in last_line:
+            reason += f" ({last_line})"
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config.hydra.job):
+            sweep_config.hydra.job.num = num
+        folder = record_dead_job(sweep_config, reason, killed=state in {"CANCELLED", "PREEMPTED", "TIMEOUT"})
+        log.error("job #%d (%s): %s", num, " ".join(filter_overrides(overrides)), reason)
+        task_cfg = OmegaConf.masked_copy(sweep_config, [key for key in sweep_config if key != "hydra"])
+        return JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": sweep_config.hydra}),
+                         working_dir=str(folder), task_name=str(sweep_config.hydra.job.name),
+                         status=JobStatus.COMPLETED, _return_value=math.nan)
+
+
+def wait_for(jobs: list, timeout: float | None = None) -> bool:
+    """Wait until every job has a result or SLURM says it ended; False if ``timeout`` came first."""
+    started = last_poll = time.monotonic()
+    while not all(job.done() for job in jobs):  # result files each time; sacct on submitit's own schedule
+        time.sleep(1)
+        now = time.monotonic()
+        if timeout is not None and now - started > timeout:
+            return False
+        if now - last_poll > POLL_SECONDS:
+            jobs[0].watcher.update()  # one sacct call for all of the sweep's jobs
+            last_poll = now
+    return True
+
+
+def cancel(jobs: list) -> None:
+    """scancel the jobs that are still going and give them time to end their runs KILLED."""
+    pending = [job for job in jobs if not job.done()]
+    if not pending:
+        return
+    log.warning("cancelling %d SLURM jobs of the interrupted sweep", len(pending))
+    for job in pending:
+        job.cancel(check=False)
+    wait_for(pending, timeout=CANCEL_WAIT_SECONDS)
+
+
+def record_dead_job(sweep_config: DictConfig, reason: str, killed: bool) -> Path:
+    """Leave what a job that died without a word could not: its run ended, its record, ``FAILED.txt``.
+
+    A job that got as far as starting its run is found through the run's folder tag; one that never started
+    gets its Hydra folder here (``.hydra/hydra.yaml``), so the sweep's jobs table lists it too.
+    """
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    from dlexp.sweep import PARENT_TAG, SWEEP_FILE, SweepJob, job_folders, job_run
+
+    num = int(sweep_config.hydra.job.num)
+    sweep_dir = Path(str(sweep_config.hydra.sweep.dir)).resolve()
+    folder = next((path for path in job_folders(sweep_dir)
+                   if OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra.job.num == num), None)
+    if folder is None:
+        folder = sweep_dir / str(sweep_config.hydra.sweep.subdir)
+        (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create({"hydra": sweep_config.hydra}), folder / ".hydra" / "hydra.yaml")
+    sweep_file = sweep_dir / SWEEP_FILE
+    if not sweep_file.exists():  # no tracked sweep (no SweepRun callback): nothing more to record
+        return folder
+    import json
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(str(sweep_config.tracking.experiment_name))
+    run = job_run(client, experiment.experiment_id, folder) if experiment else None
+    status = RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)
+    if run is not None and run.info.status == "RUNNING":
+        folds = client.search_runs([experiment.experiment_id], max_results=1000, filter_string=(
+            f"tags.`{PARENT_TAG}` = '{run.info.run_id}' and attributes.status = 'RUNNING'"))
+        for ended in [*folds, run]:
+            client.set_tag(ended.info.run_id, "dlexp.error", reason)
+            client.set_terminated(ended.info.run_id, status)
+        (folder / "FAILED.txt").write_text(f"{status}: {reason}\nMLflow run: {run.info.run_id}\n")
+    parent = json.loads(sweep_file.read_text())["run_id"]
+    SweepJob(parent, num, folder).write_record(run.info.run_id if run else None, reused=False, error=reason)
+    return folder
