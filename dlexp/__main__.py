@@ -6,6 +6,7 @@ import gc
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -32,7 +33,11 @@ def main(cfg: DictConfig) -> float:
 
         with sigterm_as_interrupt():
             if job is not None:  # a sweep's job: resumable, nested under the sweep's run
-                return job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags))
+                from dlexp.search.pruning import trial_hooks  # a search's trial reports to its pruner
+
+                hooks = trial_hooks(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num))
+                return job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags,
+                                                                hooks=hooks))
             summary = run_experiment(cfg, output_dir, overrides)
     except Exception as error:
         if (user_error := find_user_error(error)) is None:

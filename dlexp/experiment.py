@@ -201,10 +201,11 @@ def summary_text(summary: dict, data: PointData) -> str:
 
 
 def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
-                   extra_tags: dict[str, str] | None = None) -> dict:
+                   extra_tags: dict[str, str] | None = None, hooks: TrainingHooks = NO_HOOKS) -> dict:
     """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow.
 
-    ``extra_tags`` go on the run as well (a sweep job passes ``mlflow.parentRunId`` to nest under its sweep).
+    ``extra_tags`` go on the run as well (a sweep job passes ``mlflow.parentRunId`` to nest under its sweep);
+    ``hooks`` hear of every epoch and fold (a search's trial reports to its pruner through them).
     """
     validate_config(cfg)
     output_dir = Path(output_dir)
@@ -241,7 +242,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         started = time.perf_counter()
         results: list[FoldResult] = []
         models: list[torch.nn.Module] = []
-        for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy):
+        for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy, hooks):
             result.train_indices, result.val_indices = result.train_indices.cpu(), result.val_indices.cpu()
             result.test_acc = accuracy(class_probabilities(model, x_test, eval_transform), y_test)
             log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",

@@ -42,6 +42,8 @@ JOB_FILE = "dlexp_job.json"
 SWEEP_HASH_TAG = "dlexp.sweep_hash"
 PARENT_TAG = "mlflow.parentRunId"
 ORPHAN_REASON = "Interrupted: the launcher ended the job's process with the sweep"
+PRUNED_TAG = "dlexp.pruned"  # a search's trial its pruner stopped early (dlexp.search.pruning)
+DONE = {"FINISHED", "PRUNED"}  # job statuses that are results, not failures
 
 
 def sweep_hash(config: DictConfig) -> str:
@@ -141,13 +143,13 @@ class SweepRun(Callback):
             end_orphaned_job_runs(client, self.experiment_id, run_id)
         rows = jobs_table(client, self.experiment_id, self.sweep_dir)
         statuses = {row["status"] for row in rows}
-        if completed and statuses <= {"FINISHED"} and rows:
+        if completed and statuses <= DONE and rows:
             status = RunStatus.FINISHED
         else:
             status = RunStatus.KILLED if "KILLED" in statuses else RunStatus.FAILED
         log_jobs_table(client, run_id, rows, self.best_metric, self.sweep_dir)
         client.set_terminated(run_id, RunStatus.to_string(status))
-        return [row for row in rows if row["status"] != "FINISHED"]
+        return [row for row in rows if row["status"] not in DONE]
 
 
 def end_orphaned_job_runs(client, experiment_id: str, sweep_run_id: str) -> None:
@@ -194,7 +196,7 @@ def jobs_table(client, experiment_id: str, sweep_dir: Path) -> list[dict]:
                "error": record.get("error")}
         if row["run_id"]:
             run = client.get_run(row["run_id"])
-            row["status"] = run.info.status
+            row["status"] = "PRUNED" if PRUNED_TAG in run.data.tags else run.info.status
             row["error"] = row["error"] or run.data.tags.get("dlexp.error")
             row.update(run.data.metrics)
         elif row["error"]:
@@ -270,6 +272,7 @@ class SweepJob:
         Returns the job's ``tracking.best_metric`` for sweepers. A user error fails only this job (NaN is
         returned, the sweep goes on and exits 2 at its end); the record is written on every path.
         """
+        from dlexp.search.pruning import is_pruned, record_pruned
         from dlexp.tracking import config_hash, find_finished_run, one_line, setup_experiment
 
         tracking = cfg.tracking
@@ -279,11 +282,14 @@ class SweepJob:
                      previous.info.run_id)
             self.write_record(previous.info.run_id, reused=True)
             return previous.data.metrics.get(tracking.best_metric, math.nan)
-        error = None
+        error = pruned = None
         try:
             summary = train(self.tags)
             return float(summary.get(tracking.best_metric, math.nan))
         except BaseException as exc:
+            if is_pruned(exc):  # a search's pruner stopped this trial: a result, not a failure
+                pruned = str(exc)
+                return math.nan
             if (user_error := find_user_error(exc)) is None:
                 error = one_line(exc)
                 raise
@@ -291,7 +297,10 @@ class SweepJob:
             print(f"error: {error}", file=sys.stderr)
             return math.nan
         finally:
-            self.write_record(self.own_run_id(experiment_id), reused=False, error=error)
+            run_id = self.own_run_id(experiment_id)
+            if pruned:
+                record_pruned(run_id, self.output_dir, pruned)
+            self.write_record(run_id, reused=False, error=error, pruned=bool(pruned))
 
     def own_run_id(self, experiment_id: str) -> str | None:
         """The run this job started, if it got that far."""
@@ -300,7 +309,8 @@ class SweepJob:
         run = job_run(MlflowClient(), experiment_id, self.output_dir)
         return run.info.run_id if run else None
 
-    def write_record(self, run_id: str | None, reused: bool, error: str | None = None) -> None:
+    def write_record(self, run_id: str | None, reused: bool, error: str | None = None,
+                     pruned: bool = False) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        record = {"job": self.num, "run_id": run_id, "reused": reused, "error": error}
+        record = {"job": self.num, "run_id": run_id, "reused": reused, "error": error, "pruned": pruned}
         (self.output_dir / JOB_FILE).write_text(json.dumps(record, indent=2))

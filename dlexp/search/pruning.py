@@ -1,0 +1,115 @@
+"""The trial side of a search: report intermediate scores while training, stop when the pruner says so.
+
+One-by-one training reports after each fold (step = folds done, value = the mean of their best validation
+scores); batched training every ``report_every`` epochs (step = epoch, value = the mean over all folds of
+their best validation score so far). The score is the validation accuracy when the search maximises and
+the validation loss when it minimises, so it moves in the study's direction. A pruned trial raises
+``optuna.TrialPruned`` out of training; ``SweepJob`` ends its run KILLED with the tag ``dlexp.pruned``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+from dlexp.sweep import PRUNED_TAG
+from dlexp.training import NO_HOOKS, FoldResult, TrainingHooks
+
+log = logging.getLogger(__name__)
+
+TRIAL_TAG = "dlexp.trial"
+
+
+def is_pruned(error: BaseException) -> bool:
+    """Whether ``error`` is Optuna's signal that a trial was pruned (optuna is only imported by searches)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(error, optuna.TrialPruned)
+
+
+class TrialReporter(TrainingHooks):
+    """Reports a trial's scores to its study while it trains and raises ``TrialPruned`` when told to."""
+
+    def __init__(self, trial, maximise: bool, report_every: int) -> None:
+        self.trial = trial
+        self.maximise = maximise
+        self.report_every = report_every
+        self.best: dict[int, float] = {}  # fold -> its best validation score so far
+        self.running: set[int] = set()
+        self.reached: dict[int, int] = {}  # fold -> last epoch seen
+        self.batched: bool | None = None  # known at the first epoch: several folds running at once
+        self.tagged = False
+
+    def fold_start(self, fold: int) -> None:
+        if not self.tagged:
+            import mlflow
+
+            if mlflow.active_run() is not None:
+                mlflow.set_tag(TRIAL_TAG, str(self.trial.number))
+            self.tagged = True
+        self.running.add(fold)
+
+    def epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        if self.batched is None:
+            self.batched = len(self.running) > 1
+        if not self.batched:
+            return
+        value = metrics["val_acc"] if self.maximise else metrics["val_loss"]
+        better = max if self.maximise else min
+        self.best[fold] = better(self.best.get(fold, value), value)
+        self.reached[fold] = epoch
+        if epoch % self.report_every == 0 and all(self.reached.get(f) == epoch for f in self.running):
+            self.report(statistics.fmean(self.best.values()), epoch, f"epoch {epoch}")
+
+    def fold_end(self, result: FoldResult) -> None:
+        self.running.discard(result.fold)
+        if self.batched:
+            return
+        self.best[result.fold] = result.best_val_acc if self.maximise else result.best_val_loss
+        self.report(statistics.fmean(self.best.values()), len(self.best), f"fold {result.fold}")
+
+    def report(self, value: float, step: int, where: str) -> None:
+        import optuna
+
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"trial {self.trial.number} pruned after {where}: "
+                                     f"intermediate score {value:.4f}")
+
+
+def trial_hooks(sweep_dir: Path, job_num: int) -> TrainingHooks:
+    """The reporter for this job if it is a trial of a search with a pruner, else hooks that do nothing."""
+    from dlexp.search.study import read_handoff
+
+    handoff = read_handoff(sweep_dir)
+    if handoff is None or handoff.get("pruner") is None or str(job_num) not in handoff["trials"]:
+        return NO_HOOKS
+    import optuna
+    from hydra.utils import instantiate
+
+    from dlexp.search.study import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(handoff["storage"])
+    pruner = instantiate(handoff["pruner"])
+    study = optuna.load_study(study_name=handoff["study"], storage=storage, pruner=pruner,
+                              sampler=optuna.samplers.RandomSampler())
+    number = int(handoff["trials"][str(job_num)])
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(handoff["study"]), number)
+    trial = optuna.trial.Trial(study, trial_id)
+    return TrialReporter(trial, study.direction == optuna.study.StudyDirection.MAXIMIZE,
+                         int(handoff["report_every"]))
+
+
+def record_pruned(run_id: str | None, output_dir: Path, reason: str) -> None:
+    """End a pruned trial's run KILLED (the run's own context ended it FAILED) with the tag ``dlexp.pruned``,
+    and say so in its folder's ``FAILED.txt``."""
+    from mlflow.tracking import MlflowClient
+
+    if run_id is not None:
+        client = MlflowClient()
+        client.set_tag(run_id, PRUNED_TAG, reason)
+        client.set_terminated(run_id, "KILLED")
+    (output_dir / "FAILED.txt").write_text(f"PRUNED: {reason}\nMLflow run: {run_id}\n")

@@ -1,0 +1,215 @@
+"""dlexp's hyperparameter search: a Hydra sweeper that drives an Optuna study with ask and tell.
+
+Every batch asks the study for ``n_jobs`` trials, launches them as ordinary Hydra jobs through whatever
+launcher is configured (basic, joblib, submitit), and tells the study what each returned. A trial that
+fails (an exception, a NaN score, a diverged loss) is a result, FAIL, not the end of the search; one that
+its pruner stopped is PRUNED. Hydra only instantiates sweepers from the ``hydra_plugins`` package, so
+``hydra_plugins/dlexp_search`` holds the class Hydra sees; the work is done here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, OmegaConf
+
+from dlexp.errors import DlexpError
+from dlexp.search.space import SearchSpace, parse_search_space
+from dlexp.search.study import INTERRUPTED_ATTR, default_storage, hide_password, open_storage, write_handoff
+
+log = logging.getLogger(__name__)
+
+RUN_ID_ATTR = "dlexp.run_id"
+JOB_ATTR = "dlexp.job"
+ERROR_ATTR = "dlexp.error"
+
+
+class SearchSweeperImpl(Sweeper):
+    """``hydra.sweeper`` settings are documented in conf/hydra/sweeper/search.yaml."""
+
+    def __init__(self, n_trials: int = 20, n_jobs: int = 1, params: DictConfig | None = None,
+                 sampler: DictConfig | None = None, pruner: DictConfig | str | None = "median",
+                 report_every: int = 10, max_failures: int | None = None, storage: str | None = None,
+                 study_name: str | None = None) -> None:
+        self.n_trials, self.n_jobs, self.report_every, self.max_failures = n_trials, n_jobs, report_every, max_failures
+        self.params = OmegaConf.to_container(params) if params is not None else {}
+        self.sampler_config, self.pruner_config = sampler, pruner
+        self.storage_url, self.study_name = storage, study_name
+        self.config: DictConfig | None = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        try:
+            self.check_settings()
+            space = parse_search_space(self.params, arguments)
+            if not space.distributions:
+                raise DlexpError("hydra.sweeper.params: nothing to search; give ranges such as "
+                                 "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
+            study = self.open_study()
+        except DlexpError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        returns = self.run_trials(study, space)
+        from dlexp.search.report import report_search
+
+        report_search(study, self.storage_url, space, self.sweep_dir, self.config)
+        return returns
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(str(self.config.hydra.sweep.dir)).resolve()
+
+    def check_settings(self) -> None:
+        for key, value, low in (("n_trials", self.n_trials, 1), ("n_jobs", self.n_jobs, 1),
+                                ("report_every", self.report_every, 1), ("max_failures", self.max_failures, 1)):
+            if (value is not None or key != "max_failures") and not (
+                    isinstance(value, int) and not isinstance(value, bool) and value >= low):
+                raise DlexpError(f"hydra.sweeper.{key}={value!r}: expected an integer >= {low}"
+                                 + (" or null" if key == "max_failures" else ""))
+
+    # -- the study -------------------------------------------------------------------------------------
+
+    def open_study(self):
+        """Create the study or continue the same command's; trials left RUNNING by a stopped search FAIL."""
+        import optuna
+        from hydra.utils import instantiate
+
+        from dlexp.sweep import sweep_hash
+        from dlexp.tracking import higher_is_better
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        tracking = self.config.tracking
+        direction = "maximize" if higher_is_better(str(tracking.best_metric),
+                                                   str(tracking.get("best_metric_mode", "auto"))) else "minimize"
+        self.storage_url = str(self.storage_url or default_storage(str(tracking.uri)))
+        name = self.study_name or f"{tracking.experiment_name}-{sweep_hash(self.config)[:16]}"
+        if not tracking.resume and not self.study_name:
+            name += time.strftime("-%Y%m%d-%H%M%S")  # tracking.resume=false: a new study, as a new sweep run
+        self.study_name = name
+        sampler = instantiate(self.sampler_config) if self.sampler_config else None
+        storage = open_storage(self.storage_url)
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=direction,
+                                    load_if_exists=True)
+        if study.direction.name.lower() != direction:
+            raise DlexpError(f"hydra.sweeper.study_name={name}: that study {study.direction.name.lower()}s, but "
+                             f"tracking.best_metric={tracking.best_metric} is to {direction}; name another study")
+        counted = [t for t in study.get_trials(deepcopy=False) if INTERRUPTED_ATTR not in t.user_attrs]
+        for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
+            fail_interrupted(study, trial.number, "running when an earlier run of the search was stopped")
+        log.info("study %s in %s (%s %s): %d of %d trials done", name, hide_password(self.storage_url), direction,
+                 tracking.best_metric, len(counted) - sum(t.state.name == "RUNNING" for t in counted), self.n_trials)
+        return study
+
+    def pruner_spec(self) -> dict[str, Any] | None:
+        """The pruner as a ``_target_`` mapping jobs rebuild (a pruner is not stored with the study)."""
+        config = self.pruner_config
+        if config is None or (isinstance(config, str) and config.lower() in ("none", "null", "")):
+            return None
+        if isinstance(config, str):
+            if config.lower() != "median":
+                raise DlexpError(f"hydra.sweeper.pruner={config}: expected median, none, or a mapping with "
+                                 "_target_ (e.g. optuna.pruners.PercentilePruner)")
+            return {"_target_": "optuna.pruners.MedianPruner"}
+        return OmegaConf.to_container(config, resolve=True)
+
+    # -- the trials -------------------------------------------------------------------------------------
+
+    def run_trials(self, study, space: SearchSpace) -> list[JobReturn]:
+        """Ask, launch and tell in batches of ``n_jobs`` until ``n_trials`` trials are done (in total,
+        over every run of the same command) or ``max_failures`` trials failed."""
+        from optuna.trial import TrialState
+
+        try:
+            pruner = self.pruner_spec()
+        except DlexpError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        handoff = {"storage": self.storage_url, "study": study.study_name, "pruner": pruner,
+                   "report_every": self.report_every, "trials": {}}
+        returns: list[JobReturn] = []
+        while True:
+            done = [t for t in study.get_trials(deepcopy=False) if INTERRUPTED_ATTR not in t.user_attrs]
+            failures = sum(t.state == TrialState.FAIL for t in done)
+            if self.max_failures is not None and failures >= self.max_failures:
+                print(f"error: search stopped: {failures} trials failed (hydra.sweeper.max_failures="
+                      f"{self.max_failures})", file=sys.stderr)
+                break
+            remaining = self.n_trials - len(done)
+            if remaining <= 0:
+                break
+            batch = []
+            try:
+                batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
+                first_job = batch[0].number
+                for offset, trial in enumerate(batch):
+                    handoff["trials"][str(first_job + offset)] = trial.number
+                write_handoff(self.sweep_dir, handoff)
+                results = self.launcher.launch([space.overrides(t.params) for t in batch],
+                                               initial_job_idx=first_job)
+                for offset, (trial, result) in enumerate(zip(batch, results, strict=True)):
+                    tell(study, trial, result, first_job + offset)
+            except BaseException:  # interrupted (Ctrl-C, SIGTERM) or the launcher broke: no trial left RUNNING
+                for trial in batch:
+                    fail_interrupted(study, trial.number, "running when the search was stopped")
+                raise
+            returns.extend(results)
+        return returns
+
+
+def tell(study, trial, result: JobReturn, job: int) -> None:
+    """Tell the study one job's outcome: its score, PRUNED (per the job's record) or FAIL."""
+    import json
+
+    from optuna.trial import TrialState
+
+    from dlexp.sweep import JOB_FILE
+
+    record_file = Path(str(result.hydra_cfg.hydra.runtime.output_dir)) / JOB_FILE if result.hydra_cfg else None
+    record = json.loads(record_file.read_text()) if record_file and record_file.exists() else {}
+    trial.set_user_attr(JOB_ATTR, job)
+    if record.get("run_id"):
+        trial.set_user_attr(RUN_ID_ATTR, record["run_id"])
+    if result.status == JobStatus.FAILED:
+        error = result._return_value
+        trial.set_user_attr(ERROR_ATTR, f"{type(error).__name__}: {error}"[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    if record.get("pruned"):
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    value = result.return_value
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        trial.set_user_attr(ERROR_ATTR, record.get("error") or f"the job returned {value!r}")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    study.tell(trial, float(value))
+
+
+def fail_interrupted(study, number: int, reason: str) -> None:
+    """Mark a trial that was cut off FAIL and not counted in ``n_trials``: the next run replaces it."""
+    from optuna.trial import TrialState
+
+    storage = study._storage  # user attrs of a trial this process did not ask for need its storage id
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+        return
+    storage.set_trial_user_attr(trial_id, INTERRUPTED_ATTR, reason)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)

@@ -1,0 +1,258 @@
+"""dlexp's hyperparameter search (hydra/sweeper=search, dlexp/search/) as users run it: failed trials are
+results, a stopped search resumes, trials are pruned, the direction follows the metric, parallel trials."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store
+
+from dlexp.search.space import parse_search_space
+from dlexp.search.study import INTERRUPTED_ATTR
+
+SEARCH = ["-m", "hydra/sweeper=search"]
+
+
+def load_study(tmp_path) -> optuna.Study:
+    """The only study in the search's default storage, optuna.db beside the test's mlflow.db."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def client_for(tmp_path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_search_space_from_config_and_command_line():
+    space = parse_search_space(
+        {"optimizer.lr": "tag(log, interval(0.0003, 0.03))", "model.hidden_dims": "choice([32], [64,32])",
+         "trainer.batch_size": "choice(25, 50)"},
+        ["+experiment=spiral", "optimizer.lr=choice(0.01, 1e20)", "trainer.batch_size=25",
+         "trainer.seed=int(interval(1, 9))", "trainer.patience=range(5, 8)", "model.dropout=interval(0, 0.5)"])
+    dists = space.distributions
+    assert dists["optimizer.lr"] == optuna.distributions.CategoricalDistribution([0.01, 1e20])  # CLI wins
+    assert "trainer.batch_size" not in dists  # a fixed value on the command line replaces the range
+    assert dists["model.hidden_dims"].choices == ("[32]", "[64,32]")
+    assert dists["trainer.seed"] == optuna.distributions.IntDistribution(1, 9)
+    assert dists["trainer.patience"].choices == (5, 6, 7)  # range excludes its end, as in Hydra
+    assert dists["model.dropout"] == optuna.distributions.FloatDistribution(0.0, 0.5)
+    assert space.overrides({"optimizer.lr": 1e20, "model.hidden_dims": "[64,32]", "trainer.seed": 3}) == [
+        "+experiment=spiral", "trainer.batch_size=25", "optimizer.lr=1e+20", "model.hidden_dims=[64,32]",
+        "trainer.seed=3"]
+
+
+def test_diverging_trial_fails_alone_and_the_search_goes_on(tmp_path):
+    # The issue's command: the lr=1e20 trial diverges; hydra-optuna-sweeper died there with Optuna's
+    # "Values were told..." traceback after 2 of 4 trials, leaving no results file.
+    result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", *TINY,
+                       "optimizer.lr=choice(0.01, 1e20)", "tracking.experiment_name=diverge",
+                       *sqlite_store(tmp_path))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+    study = load_study(tmp_path)
+    trials = study.get_trials()
+    assert len(trials) == 4
+    for trial in trials:
+        expected = TrialState.FAIL if trial.params["optimizer.lr"] == 1e20 else TrialState.COMPLETE
+        assert trial.state == expected, (trial.number, trial.params, trial.state)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    good = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert failed and len(good) >= 2  # the sampler's seed draws 1e20 for 2 of the 4 trials
+    assert all("training diverged" in t.user_attrs["dlexp.error"] for t in failed)
+    # One `error: job #N (...)` line per failed trial; jobs are numbered by their trial.
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: job #")]
+    assert sorted(int(line.split("#")[1].split()[0]) for line in error_lines) == sorted(t.number for t in failed)
+    assert all("optimizer.lr=1e+20" in line and "training diverged" in line for line in error_lines)
+
+    client = client_for(tmp_path)
+    sweeps, jobs, folds = runs_by_kind(client, "diverge")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FAILED"  # like a grid sweep with a failed job
+    by_run = {r.info.run_id: r for r in jobs}
+    for trial in trials:
+        run = by_run[trial.user_attrs["dlexp.run_id"]]
+        assert run.info.status == ("FAILED" if trial.state == TrialState.FAIL else "FINISHED")
+        assert run.data.tags["mlflow.parentRunId"] == sweeps[0].info.run_id
+    assert "RUNNING" not in {r.info.status for r in [*sweeps, *jobs, *folds]}
+
+    results = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+    best = max(good, key=lambda t: t.value)
+    assert results.best_value == pytest.approx(best.value) and results.best_params["optimizer.lr"] == 0.01
+    assert dict(results.trials) == {"COMPLETE": len(good), "PRUNED": 0, "FAIL": len(failed), "INTERRUPTED": 0}
+    assert results.best_value == pytest.approx(by_run[results.best_run_id].data.metrics["val_acc_mean"])
+    # The sweep run carries the pictures, the best parameters and the command that reruns them.
+    sweep = client.get_run(sweeps[0].info.run_id)
+    pictures = {a.path for a in client.list_artifacts(sweep.info.run_id, "search")}
+    assert {"search/optimization_history.png", "search/slice.png", "search/param_importances.png"} <= pictures
+    assert all((tmp_path / "sweep" / p).stat().st_size > 5000 for p in pictures)
+    assert sweep.data.tags["dlexp.best_command"] == results.best_command
+    assert "optimizer.lr=0.01" in results.best_command.split()
+    rerun = run_dlexp(*shlex.split(results.best_command)[3:], f"hydra.run.dir={tmp_path / 'rerun'}")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "val_acc_mean" in (tmp_path / "rerun" / "summary.json").read_text()
+
+
+def test_max_failures_stops_a_hopeless_search_with_one_line(tmp_path):
+    result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1",
+                       "hydra.sweeper.max_failures=1", *TINY, "optimizer.lr=choice(1e20)",
+                       "tracking.experiment_name=hopeless", *sqlite_store(tmp_path))
+    assert result.returncode == 2
+    assert "error: search stopped: 1 trials failed (hydra.sweeper.max_failures=1)" in result.stderr
+    assert [t.state for t in load_study(tmp_path).get_trials()] == [TrialState.FAIL]
+
+
+def count_done(tmp_path) -> int:
+    if not (tmp_path / "optuna.db").exists():
+        return 0
+    try:
+        study = load_study(tmp_path)
+    except ValueError:  # the study is not created yet
+        return 0
+    return sum(t.state == TrialState.COMPLETE for t in study.get_trials())
+
+
+def test_sigterm_then_the_same_command_continues_the_same_study(tmp_path):
+    command = [*SEARCH, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1", *TINY,
+               "trainer.max_epochs=8", "tracking.experiment_name=resume_search", *sqlite_store(tmp_path)]
+    process = subprocess.Popen([sys.executable, "-m", "dlexp", *command], cwd=ROOT, env=dlexp_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while process.poll() is None and count_done(tmp_path) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the search ended before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    first = {t.number: t for t in load_study(tmp_path).get_trials()}
+    assert "RUNNING" not in {t.state.name for t in first.values()}  # the cut-off trial ended FAIL at once
+    finished_before = {n: t.user_attrs["dlexp.run_id"] for n, t in first.items() if t.state == TrialState.COMPLETE}
+    assert len(finished_before) >= 2
+
+    # The same command again, in a new sweep folder as Hydra's timestamped default would give.
+    command[command.index(f"hydra.sweep.dir={tmp_path}/sweep")] = f"hydra.sweep.dir={tmp_path}/sweep2"
+    second = run_dlexp(*command)
+    assert second.returncode == 0, second.stderr[-3000:]
+    trials = load_study(tmp_path).get_trials()
+    counted = [t for t in trials if INTERRUPTED_ATTR not in t.user_attrs]
+    interrupted = [t for t in trials if INTERRUPTED_ATTR in t.user_attrs]
+    assert len(counted) == 6 and {t.state for t in counted} == {TrialState.COMPLETE}
+    assert len(interrupted) == len(first) - len(finished_before) and {t.state for t in interrupted} == {
+        TrialState.FAIL}
+    # The finished trials were not run again: the second run launched only the others.
+    launched = sorted(int(p.name) for p in (tmp_path / "sweep2").iterdir() if p.name.isdigit())
+    assert len(launched) == 6 - len(finished_before)
+    assert not set(launched) & set(finished_before)
+    client = client_for(tmp_path)
+    sweeps, jobs, _ = runs_by_kind(client, "resume_search")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"  # one sweep run, resumed
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweeps[0].info.run_id}
+    assert sum(r.info.status == "FINISHED" for r in jobs) == 6
+    for number, run_id in finished_before.items():
+        assert {t.number: t for t in counted}[number].user_attrs["dlexp.run_id"] == run_id
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "batched"])
+def test_hopeless_trials_are_pruned_in_the_study_and_in_mlflow(tmp_path, strategy):
+    # With one trial to compare against, the median pruner stops trials that score below it: the sampler's
+    # seed draws lr=1e-5 (hopeless in 6 epochs) for every trial, so later, worse ones are pruned.
+    result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1",
+                       "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.report_every=2",
+                       *TINY, "trainer.max_epochs=6", "optimizer.lr=choice(0.01, 0.00001)", "model.dropout=0.0",
+                       f"trainer.strategy={strategy}", "tracking.experiment_name=prune", *sqlite_store(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]  # pruned trials are results, not failures
+    trials = load_study(tmp_path).get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and {t.state for t in trials} == {TrialState.COMPLETE, TrialState.PRUNED}
+    steps = {1, 2} if strategy == "sequential" else {2, 4, 6}  # folds done, or every 2nd epoch
+    assert all(set(t.intermediate_values) <= steps and t.intermediate_values for t in trials)
+    for trial in pruned:
+        # The median pruner stopped it below the median of the earlier trials at that step.
+        step = max(trial.intermediate_values)
+        earlier = [t.intermediate_values[step] for t in trials if t.number < trial.number
+                   and step in t.intermediate_values]
+        assert trial.intermediate_values[step] < sorted(earlier)[len(earlier) // 2] + 1e-12
+
+    client = client_for(tmp_path)
+    sweeps, jobs, _ = runs_by_kind(client, "prune")
+    assert sweeps[0].info.status == "FINISHED"
+    by_run = {r.info.run_id: r for r in jobs}
+    for trial in trials:
+        run = by_run[trial.user_attrs["dlexp.run_id"]]
+        assert run.data.tags["dlexp.trial"] == str(trial.number)
+        if trial.state == TrialState.PRUNED:
+            assert run.info.status == "KILLED" and f"trial {trial.number} pruned" in run.data.tags["dlexp.pruned"]
+            folder = tmp_path / "sweep" / str(trial.user_attrs["dlexp.job"])
+            assert (folder / "FAILED.txt").read_text().startswith("PRUNED: ")
+            assert not (folder / "summary.json").exists()
+        else:
+            assert run.info.status == "FINISHED" and "dlexp.pruned" not in run.data.tags
+    table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text()
+    assert table.count(",PRUNED,") == len(pruned)
+    assert f"{len(pruned)} PRUNED" in sweeps[0].data.tags["mlflow.note.content"]
+
+
+def test_a_search_on_a_loss_minimises_it(tmp_path):
+    result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=none",
+                       *TINY, "tracking.best_metric=best_val_loss", "tracking.experiment_name=loss",
+                       *sqlite_store(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(tmp_path)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in study.get_trials()]
+    assert len(values) == 3 and len(set(values)) == 3
+    assert study.best_value == min(values)
+    assert all(not t.intermediate_values for t in study.get_trials())  # pruner=none: nothing reported
+    _, jobs, _ = runs_by_kind(client_for(tmp_path), "loss")
+    best = min(jobs, key=lambda r: r.data.metrics["best_val_loss"])
+    assert study.best_trial.user_attrs["dlexp.run_id"] == best.info.run_id
+    assert study.best_value == pytest.approx(best.data.metrics["best_val_loss"])
+
+
+def test_parallel_trials_report_to_the_study_from_their_worker_processes(tmp_path):
+    result = run_dlexp(*SEARCH, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=4",
+                       "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.n_startup_trials=2", *TINY,
+                       "tracking.experiment_name=parallel_search", *sqlite_store(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stderr
+    trials = load_study(tmp_path).get_trials()
+    assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert all(t.intermediate_values for t in trials)  # the workers reached the study through its storage
+    sweeps, jobs, _ = runs_by_kind(client_for(tmp_path), "parallel_search")
+    assert len(sweeps) == 1 and len(jobs) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweeps[0].info.run_id}
+    assert {t.user_attrs["dlexp.run_id"] for t in trials} == {r.info.run_id for r in jobs}
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            run = next(r for r in jobs if r.info.run_id == trial.user_attrs["dlexp.run_id"])
+            assert trial.value == pytest.approx(run.data.metrics["val_acc_mean"])
+
+
+def test_bad_search_settings_are_one_line_errors(tmp_path):
+    result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=0", *TINY, *sqlite_store(tmp_path))
+    assert result.returncode == 2 and "error: hydra.sweeper.n_trials=0: expected an integer >= 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_dependencies_have_current_optuna_and_no_hydra_optuna_sweeper():
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.version("hydra-optuna-sweeper")
+    assert int(metadata.version("optuna").split(".")[0]) >= 5
+    setup = (ROOT / "setup.cfg").read_text()
+    assert "hydra-optuna-sweeper" not in setup and "optuna>=5" in setup
+    check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    # dlexp's own requirements come from its installed metadata: reinstall (pip install -e .) after a change.
+    assert check.returncode == 0, check.stdout + check.stderr
