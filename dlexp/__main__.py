@@ -6,6 +6,7 @@ import gc
 import logging
 import signal
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -16,6 +17,7 @@ from dlexp.errors import find_user_error
 from dlexp.interrupts import sigterm_as_interrupt
 from dlexp.sweep import SweepJob
 from dlexp.validation import validate_config
+from dlexp.where import label_job_output, report_run
 
 log = logging.getLogger("dlexp")
 
@@ -31,14 +33,17 @@ def main(cfg: DictConfig) -> float:
             validate_config(cfg)  # a single run's typo is reported before the heavy imports
         from dlexp.experiment import run_experiment
 
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), label_job_output(job.num) if job else nullcontext():
             if job is not None:  # a sweep's job: resumable, nested under the sweep's run
                 from dlexp.search.pruning import trial_hooks  # a search's trial reports to its pruner
 
                 hooks = trial_hooks(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num))
-                return job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags,
-                                                                hooks=hooks))
+                score = job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags,
+                                                                 hooks=hooks))
+                report_run(cfg, output_dir, job.num)
+                return score
             summary = run_experiment(cfg, output_dir, overrides)
+        report_run(cfg, output_dir)  # where the results went: the last lines of the command
     except Exception as error:
         if (user_error := find_user_error(error)) is None:
             raise  # a bug: keep its traceback

@@ -26,6 +26,7 @@ from dlexp.data.points import PointData
 from dlexp.devices import resolve_device
 from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
+from dlexp.naming import SWEPT_KEYS_TAG, fold_run_name, job_run_name
 from dlexp.splits import kfold_indices
 from dlexp.tracking import flatten, git_commit, job_tags, log_history, mlflow_run, setup_experiment
 from dlexp.training import NO_HOOKS, FoldResult, TrainingHooks, predict_logits, train_fold
@@ -139,7 +140,8 @@ def predictor(model: torch.nn.Module, device: torch.device):
 def log_fold(result: FoldResult, model: torch.nn.Module, data: PointData, cfg: DictConfig,
              device: torch.device, fold_dir: Path, grid) -> None:
     """One nested MLflow run for a fold: per-epoch series, its best epoch, test accuracy and pictures."""
-    with mlflow_run(f"fold_{result.fold}", nested=True, tags={"dlexp.fold": str(result.fold)}):
+    with mlflow_run(fold_run_name(mlflow.active_run().info.run_name, result.fold), nested=True,
+                    tags={"dlexp.fold": str(result.fold)}):
         mlflow.log_params({"fold": result.fold, "n_train": len(result.train_indices),
                            "n_val": len(result.val_indices)})
         log_history(result.history)
@@ -232,7 +234,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         tags["dlexp.split"] = data.split_note()
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
-    with mlflow_run(cfg.tracking.run_name or data.name, tags=tags, failure_file=output_dir / "FAILED.txt"):
+    run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
+    with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt"):
         mlflow.log_params(flatten(cfg))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))

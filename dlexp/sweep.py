@@ -24,8 +24,8 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import find_user_error
 from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
+from dlexp.naming import SWEPT_KEYS_TAG, override_labels, sweep_run_name, swept_keys
+from dlexp.where import sweep_report
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class SweepRun(Callback):
         self.best_metric = "val_acc_mean"
         self.jobs_on_this_machine = True
         self.took_sigterm = False
+        self.swept: list[str] = []
+        self.where = ("", "")  # the store's URI and the experiment's name, for the closing lines
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -80,7 +84,7 @@ class SweepRun(Callback):
             sys.exit(2)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id}))
+        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id, "swept": self.swept}))
         # Jobs in this process (basic launcher) or its workers (joblib), not on a cluster (submitit).
         launcher = str(config.hydra.launcher.get("_target_", ""))
         self.jobs_on_this_machine = not any(name in launcher for name in ("submitit", "slurm"))
@@ -105,17 +109,20 @@ class SweepRun(Callback):
             order_by=["attributes.start_time DESC"], max_results=1,
         ) if tracking.resume else []
         overrides = " ".join(config.hydra.overrides.task)
+        search_space = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params") or {}
+        self.swept = swept_keys(config.hydra.overrides.task, search_space)
         if previous:
             self.run_id = previous[0].info.run_id
             client.update_run(self.run_id, status="RUNNING")
             log.info("resuming sweep run %s", self.run_id)
         else:
-            run = client.create_run(experiment_id, run_name=f"sweep {overrides}"[:200],
+            run = client.create_run(experiment_id, run_name=sweep_run_name(self.swept),
                                     tags={SWEEP_HASH_TAG: identity, "dlexp.kind": "sweep",
-                                          "dlexp.overrides": overrides})
+                                          "dlexp.overrides": overrides, SWEPT_KEYS_TAG: " ".join(self.swept)})
             self.run_id = run.info.run_id
         self.experiment_id = experiment_id
         self.best_metric = str(tracking.best_metric)
+        self.where = (str(tracking.uri), str(tracking.experiment_name))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = self.finish(completed=True)
@@ -141,7 +148,7 @@ class SweepRun(Callback):
             release_sigterm()
         if self.jobs_on_this_machine:  # none of its jobs can still be running now
             end_orphaned_job_runs(client, self.experiment_id, run_id)
-        rows = jobs_table(client, self.experiment_id, self.sweep_dir)
+        rows = jobs_table(client, self.experiment_id, self.sweep_dir, self.swept)
         statuses = {row["status"] for row in rows}
         if completed and statuses <= DONE and rows:
             status = RunStatus.FINISHED
@@ -149,6 +156,9 @@ class SweepRun(Callback):
             status = RunStatus.KILLED if "KILLED" in statuses else RunStatus.FAILED
         log_jobs_table(client, run_id, rows, self.best_metric, self.sweep_dir)
         client.set_terminated(run_id, RunStatus.to_string(status))
+        uri, experiment_name = self.where
+        print(sweep_report(self.sweep_dir, client.get_run(run_id), experiment_name, uri, rows,
+                           best_row(rows, self.best_metric), self.best_metric), flush=True)
         return [row for row in rows if row["status"] not in DONE]
 
 
@@ -179,8 +189,9 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return [path.parent.parent for path in sweep_dir.rglob(".hydra/hydra.yaml")]
 
 
-def jobs_table(client, experiment_id: str, sweep_dir: Path) -> list[dict]:
-    """One row per job: number, overrides, status, whether it reused an earlier run, run id and metrics.
+def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str] = ()) -> list[dict]:
+    """One row per job: number, name (its values of the ``swept`` keys: the overrides cut to what differs,
+    readable in the UI's narrow column), status, whether it reused an earlier run, overrides, run id, metrics.
 
     A job killed before it wrote its record is found by its folder's tag on its run, if it started one.
     """
@@ -191,8 +202,9 @@ def jobs_table(client, experiment_id: str, sweep_dir: Path) -> list[dict]:
         record = json.loads(record_file.read_text()) if record_file.exists() else {}
         if not record and (run := job_run(client, experiment_id, folder)) is not None:
             record = {"run_id": run.info.run_id}
-        row = {"job": int(hydra_cfg.job.num), "overrides": " ".join(hydra_cfg.overrides.task),
-               "status": "MISSING", "reused": record.get("reused", False), "run_id": record.get("run_id"),
+        task = list(hydra_cfg.overrides.task)
+        row = {"job": int(hydra_cfg.job.num), "name": override_labels(task, swept or None), "status": "MISSING",
+               "reused": record.get("reused", False), "overrides": " ".join(task), "run_id": record.get("run_id"),
                "error": record.get("error")}
         if row["run_id"]:
             run = client.get_run(row["run_id"])
@@ -248,6 +260,7 @@ class SweepJob:
     parent_run_id: str
     num: int
     output_dir: Path
+    swept: list[str] = field(default_factory=list)  # the sweep's swept keys: what names the job's run
 
     @classmethod
     def current(cls, hydra_cfg: DictConfig) -> SweepJob | None:
@@ -259,12 +272,13 @@ class SweepJob:
         sweep_file = Path(str(hydra_cfg.sweep.dir)) / SWEEP_FILE
         if not sweep_file.exists():
             return None
-        parent = json.loads(sweep_file.read_text())["run_id"]
-        return cls(parent, int(hydra_cfg.job.num), Path(hydra_cfg.runtime.output_dir))
+        sweep = json.loads(sweep_file.read_text())
+        return cls(sweep["run_id"], int(hydra_cfg.job.num), Path(hydra_cfg.runtime.output_dir),
+                   sweep.get("swept", []))
 
     @property
     def tags(self) -> dict[str, str]:
-        return {PARENT_TAG: self.parent_run_id, "dlexp.sweep_job": str(self.num)}
+        return {PARENT_TAG: self.parent_run_id, "dlexp.sweep_job": str(self.num), SWEPT_KEYS_TAG: " ".join(self.swept)}
 
     def run(self, cfg: DictConfig, train: Callable[[dict[str, str]], dict]) -> float:
         """Skip the job if its config already FINISHED (``tracking.resume``), else ``train(tags)``.
@@ -294,7 +308,7 @@ class SweepJob:
                 error = one_line(exc)
                 raise
             error = str(user_error)
-            print(f"error: {error}", file=sys.stderr)
+            print(f"[job {self.num}] error: {error}", file=sys.stderr)
             return math.nan
         finally:
             run_id = self.own_run_id(experiment_id)

@@ -39,6 +39,19 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+#: MLflow's record of what an experiment is for (mlflow/server/js: ``mlflow.experimentKind``); MLflow 3's UI
+#: shows a "custom_model_development" experiment as a runs table, a GenAI one as its Traces page. An
+#: experiment without the tag, or with a kind the UI only guessed (``*_inferred``), gets it; a kind someone
+#: chose stays. (MLflow 3.17's UI itself follows its GenAI / Model training switch, which dlexp's links set.)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def kind_is_unset(kind: str | None) -> bool:
+    """No experiment kind, or one MLflow's UI guessed rather than someone chose."""
+    return kind is None or kind.endswith("_inferred") or kind == "no_inferred_type"
+
+
 def setup_experiment(uri: str, experiment_name: str, artifact_location: str | None) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment_name``, creating it if needed.
 
@@ -62,12 +75,15 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
         if experiment is None:
             location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
             try:
-                experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location)
+                experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location,
+                                                         tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except mlflow.exceptions.MlflowException:
                 # Another job of a parallel sweep created it first.
                 experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
         else:
             experiment_id = experiment.experiment_id
+            if kind_is_unset(experiment.tags.get(EXPERIMENT_KIND_TAG)):
+                MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
