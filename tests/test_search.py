@@ -123,7 +123,7 @@ def count_done(tmp_path) -> int:
 
 
 def test_sigterm_then_the_same_command_continues_the_same_study(tmp_path):
-    command = [*SEARCH, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1", *TINY,
+    command = [*SEARCH, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=none", *TINY,
                "trainer.max_epochs=8", "tracking.experiment_name=resume_search", *sqlite_store(tmp_path)]
     process = subprocess.Popen([sys.executable, "-m", "dlexp", *command], cwd=ROOT, env=dlexp_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -150,6 +150,8 @@ def test_sigterm_then_the_same_command_continues_the_same_study(tmp_path):
     counted = [t for t in trials if INTERRUPTED_ATTR not in t.user_attrs]
     interrupted = [t for t in trials if INTERRUPTED_ATTR in t.user_attrs]
     assert len(counted) == 6 and {t.state for t in counted} == {TrialState.COMPLETE}
+    # A seeded sampler restarted as it was would propose the first run's configurations again.
+    assert len({repr(sorted(t.params.items())) for t in counted}) == 6
     assert len(interrupted) == len(first) - len(finished_before) and {t.state for t in interrupted} == {
         TrialState.FAIL}
     # The finished trials were not run again: the second run launched only the others.
@@ -167,30 +169,31 @@ def test_sigterm_then_the_same_command_continues_the_same_study(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["sequential", "batched"])
 def test_hopeless_trials_are_pruned_in_the_study_and_in_mlflow(tmp_path, strategy):
-    # With one trial to compare against, the median pruner stops trials that score below it: the sampler's
-    # seed draws lr=1e-5 (hopeless in 6 epochs) for every trial, so later, worse ones are pruned.
-    result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1",
-                       "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.report_every=2",
-                       *TINY, "trainer.max_epochs=6", "optimizer.lr=choice(0.01, 0.00001)", "model.dropout=0.0",
-                       f"trainer.strategy={strategy}", "tracking.experiment_name=prune", *sqlite_store(tmp_path))
+    # Only the learning rate is searched; with the sampler's seed 2 the trials draw lr 0.01, 0.01, 0.01, 1e-5.
+    # Trials 1 and 2 repeat trial 0's config (they reuse its run); trial 3 cannot learn in 6 epochs and the
+    # median pruner, with one trial to compare against, stops it at its first report.
+    result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1", "hydra.sweeper.params=null",
+                       "hydra.sweeper.sampler.seed=2", "hydra.sweeper.pruner.n_startup_trials=1",
+                       "hydra.sweeper.report_every=2", *TINY, "trainer.max_epochs=6",
+                       "optimizer.lr=choice(0.01, 0.00001)", f"trainer.strategy={strategy}",
+                       "tracking.experiment_name=prune", *sqlite_store(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]  # pruned trials are results, not failures
     trials = load_study(tmp_path).get_trials()
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    assert pruned and {t.state for t in trials} == {TrialState.COMPLETE, TrialState.PRUNED}
-    steps = {1, 2} if strategy == "sequential" else {2, 4, 6}  # folds done, or every 2nd epoch
-    assert all(set(t.intermediate_values) <= steps and t.intermediate_values for t in trials)
-    for trial in pruned:
-        # The median pruner stopped it below the median of the earlier trials at that step.
-        step = max(trial.intermediate_values)
-        earlier = [t.intermediate_values[step] for t in trials if t.number < trial.number
-                   and step in t.intermediate_values]
-        assert trial.intermediate_values[step] < sorted(earlier)[len(earlier) // 2] + 1e-12
+    assert [t.params["optimizer.lr"] for t in trials] == [0.01, 0.01, 0.01, 1e-5]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    assert len({t.user_attrs["dlexp.run_id"] for t in trials[:3]}) == 1  # the same config is not retrained
+    first_step = 1 if strategy == "sequential" else 2  # a fold done, or every 2nd epoch of all folds at once
+    steps = {1, 2} if strategy == "sequential" else {2, 4, 6}
+    assert set(trials[0].intermediate_values) == steps
+    assert list(trials[3].intermediate_values) == [first_step]
+    assert trials[3].intermediate_values[first_step] < trials[0].intermediate_values[first_step]
+    pruned = trials[3:]
 
     client = client_for(tmp_path)
     sweeps, jobs, _ = runs_by_kind(client, "prune")
     assert sweeps[0].info.status == "FINISHED"
     by_run = {r.info.run_id: r for r in jobs}
-    for trial in trials:
+    for trial in (trials[0], trials[3]):  # the ones that trained
         run = by_run[trial.user_attrs["dlexp.run_id"]]
         assert run.data.tags["dlexp.trial"] == str(trial.number)
         if trial.state == TrialState.PRUNED:

@@ -87,7 +87,6 @@ class SearchSweeperImpl(Sweeper):
     def open_study(self):
         """Create the study or continue the same command's; trials left RUNNING by a stopped search FAIL."""
         import optuna
-        from hydra.utils import instantiate
 
         from dlexp.sweep import sweep_hash
         from dlexp.tracking import higher_is_better
@@ -101,19 +100,31 @@ class SearchSweeperImpl(Sweeper):
         if not tracking.resume and not self.study_name:
             name += time.strftime("-%Y%m%d-%H%M%S")  # tracking.resume=false: a new study, as a new sweep run
         self.study_name = name
-        sampler = instantiate(self.sampler_config) if self.sampler_config else None
         storage = open_storage(self.storage_url)
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction=direction,
-                                    load_if_exists=True)
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+        if (sampler := self.make_sampler(len(study.get_trials(deepcopy=False)))) is not None:
+            study.sampler = sampler
         if study.direction.name.lower() != direction:
             raise DlexpError(f"hydra.sweeper.study_name={name}: that study {study.direction.name.lower()}s, but "
                              f"tracking.best_metric={tracking.best_metric} is to {direction}; name another study")
-        counted = [t for t in study.get_trials(deepcopy=False) if INTERRUPTED_ATTR not in t.user_attrs]
         for trial in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
             fail_interrupted(study, trial.number, "running when an earlier run of the search was stopped")
-        log.info("study %s in %s (%s %s): %d of %d trials done", name, hide_password(self.storage_url), direction,
-                 tracking.best_metric, len(counted) - sum(t.state.name == "RUNNING" for t in counted), self.n_trials)
+        done = sum(INTERRUPTED_ATTR not in t.user_attrs for t in study.get_trials(deepcopy=False))
+        log.info("study %s in %s (%s %s): %d of %d trials done", name, hide_password(self.storage_url),
+                 direction, tracking.best_metric, done, self.n_trials)
         return study
+
+    def make_sampler(self, trials_so_far: int):
+        """The configured sampler; a seeded one continuing a study gets ``seed + trials so far``, or it
+        would propose the very configurations it proposed before the search was stopped."""
+        from hydra.utils import instantiate
+
+        if not self.sampler_config:
+            return None
+        config = OmegaConf.to_container(self.sampler_config, resolve=True)
+        if trials_so_far and config.get("seed") is not None:
+            config["seed"] = int(config["seed"]) + trials_so_far
+        return instantiate(config)
 
     def pruner_spec(self) -> dict[str, Any] | None:
         """The pruner as a ``_target_`` mapping jobs rebuild (a pruner is not stored with the study)."""
