@@ -4,7 +4,7 @@ MLflow's table shows a run by its name, cut at the column's width, and nests swe
 
 - a sweep's job is named by its own value of each swept key, short keys first: ``lr=0.01 hidden_dims=[64,32]``;
 - a sweep by what it sweeps and when: ``sweep lr×seed 2026-11-25 15:40``;
-- a fold by its job: ``lr=0.01 hidden_dims=[64,32] / fold 3``;
+- a fold by its number and its job: ``fold 3 of lr=0.01 hidden_dims=[64,32]``;
 - a single run by its dataset and its overrides (``spiral lr=0.003``), or the time when it has none.
 
 Where a run is logged (``tracking.*``) and Hydra's own settings are never part of a name. All names come
@@ -52,15 +52,20 @@ def short_keys(keys: Sequence[str]) -> dict[str, str]:
     return {key: part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)}
 
 
-def override_labels(overrides: Iterable[str], keys: Iterable[str] | None = None) -> str:
-    """``key=value`` of the overrides with short keys and values, space-separated; only ``keys`` if given,
-    never the logging ones (``tracking.*``)."""
+def short_overrides(overrides: Iterable[str], keys: Iterable[str] | None = None) -> dict[str, str]:
+    """``{short key: short value}`` of the overrides, in their order; only ``keys`` if given, never the
+    logging ones (``tracking.*``). The jobs table's columns of swept values."""
     wanted = None if keys is None else set(keys)
     pairs = [split_override(o) for o in overrides]
     pairs = [(k, v) for k, v in pairs
              if not k.startswith(NOT_IN_NAMES) and (wanted is None or k in wanted)]
     names = short_keys([k for k, _ in pairs])
-    return " ".join(f"{names[k]}={short_value(v)}" if v else names[k] for k, v in pairs)
+    return {names[k]: short_value(v) for k, v in pairs}
+
+
+def override_labels(overrides: Iterable[str], keys: Iterable[str] | None = None) -> str:
+    """``lr=0.01 hidden_dims=[64,32]``: :func:`short_overrides` as one space-separated label."""
+    return " ".join(f"{k}={v}" if v else k for k, v in short_overrides(overrides, keys).items())
 
 
 def swept_keys(sweep_overrides: Iterable[str], search_space: Iterable[str] = ()) -> list[str]:
@@ -96,6 +101,7 @@ def sweep_run_name(swept: Sequence[str], started: datetime | None = None) -> str
 
 
 def fold_run_name(job_name: str | None, fold: int) -> str:
-    """``lr=0.01 hidden_dims=[64,32] / fold 3``: a fold is named by its job, so it reads alone too (in
-    search results and charts, where it is not under its job)."""
-    return f"{job_name} / fold {fold}" if job_name else f"fold {fold}"
+    """``fold 3 of lr=0.01 hidden_dims=[64,32]``: a fold named by its job reads alone too (in search results
+    and charts, where it is not under its job). The fold comes first: the UI's name column shows about 20
+    characters, and under its job a fold's own number is what tells it from its siblings."""
+    return f"fold {fold} of {job_name}" if job_name else f"fold {fold}"

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import find_user_error
 from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
-from dlexp.naming import SWEPT_KEYS_TAG, override_labels, sweep_run_name, swept_keys
+from dlexp.naming import SWEPT_KEYS_TAG, override_labels, short_overrides, sweep_run_name, swept_keys
 from dlexp.where import sweep_report
 
 log = logging.getLogger(__name__)
@@ -190,8 +190,8 @@ def job_folders(sweep_dir: Path) -> list[Path]:
 
 
 def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str] = ()) -> list[dict]:
-    """One row per job: number, name (its values of the ``swept`` keys: the overrides cut to what differs,
-    readable in the UI's narrow column), status, whether it reused an earlier run, overrides, run id, metrics.
+    """One row per job: number, its value of each ``swept`` key (a column each, by short key: the UI's table
+    cuts long cells), status, whether it reused an earlier run, name, overrides, run id, error, metrics.
 
     A job killed before it wrote its record is found by its folder's tag on its run, if it started one.
     """
@@ -203,9 +203,9 @@ def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str]
         if not record and (run := job_run(client, experiment_id, folder)) is not None:
             record = {"run_id": run.info.run_id}
         task = list(hydra_cfg.overrides.task)
-        row = {"job": int(hydra_cfg.job.num), "name": override_labels(task, swept or None), "status": "MISSING",
-               "reused": record.get("reused", False), "overrides": " ".join(task), "run_id": record.get("run_id"),
-               "error": record.get("error")}
+        row = {"job": int(hydra_cfg.job.num), **short_overrides(task, swept), "status": "MISSING",
+               "reused": record.get("reused", False), "name": override_labels(task, swept or None),
+               "overrides": " ".join(task), "run_id": record.get("run_id"), "error": record.get("error")}
         if row["run_id"]:
             run = client.get_run(row["run_id"])
             row["status"] = "PRUNED" if PRUNED_TAG in run.data.tags else run.info.status
@@ -246,10 +246,10 @@ def log_jobs_table(client, run_id: str, rows: list[dict], metric: str, sweep_dir
     client.log_metric(run_id, "jobs_finished", counts.get("FINISHED", 0))
     note = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     if (best := best_row(rows, metric)) is not None:
-        client.set_tag(run_id, "dlexp.best_job", f"#{best['job']} {best['overrides']}")
+        client.set_tag(run_id, "dlexp.best_job", f"#{best['job']} {best['name']}")
         client.set_tag(run_id, "dlexp.best_run_id", best["run_id"])
         client.log_metric(run_id, f"best_{metric}", best[metric])
-        note = f"Best job #{best['job']} ({best['overrides']}): {metric} = {best[metric]:.4f}. {note}"
+        note = f"Best job #{best['job']} ({best['name']}): {metric} = {best[metric]:.4f}. {note}"
     client.set_tag(run_id, "mlflow.note.content", note)
 
 
