@@ -87,23 +87,31 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
     """Train every fold with ``trainer.strategy``; yields each fold's result and its model (best weights).
 
     Sequential training yields each fold as it finishes; batched training yields them all at the end.
-    Both give fold ``k`` the same initial weights (seed + k) and the same data order (its own generator),
-    and both tell ``hooks`` of every epoch and fold as training goes.
+    Both give fold ``k`` the same initial weights and the same data order (seeds of their own for each
+    (seed, fold), see dlexp.splits.fold_seed), and both tell ``hooks`` of every epoch and fold as training goes.
+    ``trainer.patience=null`` is no early stopping: a fold's first epoch always sets a best, so it can never
+    go ``max_epochs`` epochs without improving.
     """
+    from dlexp.splits import fold_seed
+
     trainer = cfg.trainer
+    patience = trainer.max_epochs if trainer.patience is None else trainer.patience
     fold_indices = [(torch.as_tensor(train, device=device), torch.as_tensor(val, device=device))
                     for train, val in folds]
-    generators = [torch.Generator().manual_seed(trainer.seed * 1000 + fold)
+    generators = [torch.Generator().manual_seed(fold_seed(trainer.seed, fold, "order"))
                   for fold in range(1, len(folds) + 1)]
-    first = build_fold_objects(cfg, data, device, seed=trainer.seed + 1)
+
+    def objects_of(fold: int) -> FoldObjects:
+        return build_fold_objects(cfg, data, device, seed=fold_seed(trainer.seed, fold, "weights"))
+
+    first = objects_of(1)
     log.info("training %d folds %s", len(folds), "at once" if strategy == "batched" else "one by one")
     if strategy == "batched":
-        objects = [first] + [build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
-                             for fold in range(2, len(folds) + 1)]
+        objects = [first] + [objects_of(fold) for fold in range(2, len(folds) + 1)]
         models = [o.model for o in objects]
         results = train_folds_batched(
             models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
-            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
+            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
             generators=generators, min_delta=trainer.min_delta, hooks=hooks,
         )
         yield from ((r, m) for r, m in zip(results, models, strict=True) if r.diverged is None)
@@ -111,11 +119,11 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
             raise diverged  # after the finished folds are logged, like one-by-one training
         return
     for fold, (train_idx, val_idx) in enumerate(fold_indices, start=1):
-        objects = first if fold == 1 else build_fold_objects(cfg, data, device, seed=trainer.seed + fold)
+        objects = first if fold == 1 else objects_of(fold)
         result = train_fold(
             fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x, y,
             train_idx, val_idx,
-            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=trainer.patience,
+            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
             generator=generators[fold - 1], min_delta=trainer.min_delta,
             train_transform=getattr(data, "train_transform", None),
             eval_transform=getattr(data, "eval_transform", None), hooks=hooks,

@@ -1,4 +1,5 @@
-"""Seeded k-fold splits (optionally stratified by class and/or grouped) built on scikit-learn."""
+"""Seeded k-fold splits (optionally stratified by class and/or grouped) built on scikit-learn, and the
+seeds of each fold's own random streams."""
 
 from __future__ import annotations
 
@@ -89,3 +90,19 @@ def holdout_indices(
         test_groups = [rng.choice(names)]
     is_test = np.isin(groups, test_groups)
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+#: The random streams a fold draws from; each gets its own seed.
+FOLD_STREAMS = ("weights", "order")
+
+
+def fold_seed(seed: int, fold: int, stream: str) -> int:
+    """The seed of fold ``fold``'s ``stream`` (initial ``weights``, data ``order``) in a run seeded ``seed``.
+
+    numpy's SeedSequence hashes the whole (seed, fold, stream) tuple, so no two of them share a stream;
+    ``seed + fold`` gave fold k of seed s the weights of fold k+1 of seed s+1, correlating a seed sweep.
+    """
+    if stream not in FOLD_STREAMS:
+        raise ValueError(f"stream {stream!r}: expected one of {FOLD_STREAMS}")
+    entropy = [int(seed), int(fold), FOLD_STREAMS.index(stream)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])

@@ -12,9 +12,11 @@ sides goes through the sweep folder, which every launcher shares with its jobs:
 Stopping: ``kill`` of the sweep's process ends it like Ctrl-C; jobs that their launcher killed on the way
 (joblib SIGKILLs its workers when the sweep stops or a job raises) are ended KILLED by the sweep's end.
 
-Resuming: each job run carries its config hash (dlexp.tracking.config_hash); with ``tracking.resume`` a job
-whose identical config already FINISHED in the experiment is skipped and reuses that run. Rerunning the same
-sweep command also reuses the same parent run, so a resumed sweep stays one group in the UI.
+Resuming: rerunning the same sweep command reuses the same parent run, so a resumed sweep stays one group in
+the UI. Each job run carries its config and code hashes (dlexp.tracking.config_hash, code_hash); with
+``tracking.resume`` a job whose config already FINISHED in this sweep, with the same code, is skipped and
+reuses that run. Runs outside the sweep (a standalone run, another sweep) are never reused, and a run made
+by other code is named in a warning and trained again.
 """
 
 from __future__ import annotations
@@ -68,12 +70,21 @@ class SweepRun(Callback):
         self.experiment_id: str | None = None
         self.sweep_dir: Path | None = None
         self.best_metric = "val_acc_mean"
+        self.best_metric_mode = "auto"
         self.jobs_on_this_machine = True
         self.took_sigterm = False
         self.swept: list[str] = []
         self.where = ("", "")  # the store's URI and the experiment's name, for the closing lines
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dlexp.errors import DlexpError
+        from dlexp.tracking import higher_is_better
+
+        try:  # a bad mode would otherwise surface only when the jobs are done
+            higher_is_better(str(config.tracking.best_metric), str(config.tracking.best_metric_mode))
+        except DlexpError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         try:
             self.open_run(config)
         except Exception as error:  # Hydra would only warn and run every job untracked: stop instead
@@ -122,6 +133,7 @@ class SweepRun(Callback):
             self.run_id = run.info.run_id
         self.experiment_id = experiment_id
         self.best_metric = str(tracking.best_metric)
+        self.best_metric_mode = str(tracking.best_metric_mode)
         self.where = (str(tracking.uri), str(tracking.experiment_name))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -143,6 +155,8 @@ class SweepRun(Callback):
         from mlflow.entities import RunStatus
         from mlflow.tracking import MlflowClient
 
+        from dlexp.tracking import higher_is_better
+
         client = MlflowClient()
         if self.took_sigterm:
             release_sigterm()
@@ -154,11 +168,12 @@ class SweepRun(Callback):
             status = RunStatus.FINISHED
         else:
             status = RunStatus.KILLED if "KILLED" in statuses else RunStatus.FAILED
-        log_jobs_table(client, run_id, rows, self.best_metric, self.sweep_dir)
+        log_jobs_table(client, run_id, rows, self.best_metric, self.best_metric_mode, self.sweep_dir)
         client.set_terminated(run_id, RunStatus.to_string(status))
         uri, experiment_name = self.where
-        print(sweep_report(self.sweep_dir, client.get_run(run_id), experiment_name, uri, rows,
-                           best_row(rows, self.best_metric), self.best_metric), flush=True)
+        best = best_row(rows, self.best_metric, higher_is_better(self.best_metric, self.best_metric_mode))
+        print(sweep_report(self.sweep_dir, client.get_run(run_id), experiment_name, uri, rows, best,
+                           self.best_metric), flush=True)
         return [row for row in rows if row["status"] not in DONE]
 
 
@@ -226,30 +241,57 @@ def job_run(client, experiment_id: str, output_dir: Path):
     return runs[0] if runs else None
 
 
-def best_row(rows: list[dict], metric: str) -> dict | None:
+def best_row(rows: list[dict], metric: str, higher: bool) -> dict | None:
+    """The FINISHED job with the highest ``metric`` (``higher``) or the lowest; None if none has it."""
     scored = [row for row in rows
               if row["status"] == "FINISHED" and not math.isnan(row.get(metric, math.nan))]
-    return max(scored, key=lambda row: row[metric]) if scored else None
+    if not scored:
+        return None
+    return (max if higher else min)(scored, key=lambda row: row[metric])
 
 
-def log_jobs_table(client, run_id: str, rows: list[dict], metric: str, sweep_dir: Path) -> None:
-    """The table as ``sweep_jobs.json`` (MLflow's table artifact) and ``sweep_jobs.csv``; names the best."""
+TABLE_ARTIFACT = "sweep_jobs.json"
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # what MlflowClient.log_table sets: the UI shows such tables
+
+
+def log_table_artifact(client, run_id: str, table, sweep_dir: Path) -> None:
+    """``table`` as the run's ``sweep_jobs.json``, replacing an earlier one (a resumed sweep logs it again).
+
+    ``MlflowClient.log_table`` would append the new rows to the old file, so every job of a resumed sweep
+    would be listed twice; this writes the same format (pandas ``orient="split"``) and marks it a table.
+    """
+    path = sweep_dir / TABLE_ARTIFACT
+    table.to_json(path, orient="split", index=False, date_format="iso")
+    client.log_artifact(run_id, str(path))
+    logged = json.loads(client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+    if (entry := {"path": TABLE_ARTIFACT, "type": "table"}) not in logged:
+        client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps([*logged, entry]))
+
+
+def log_jobs_table(client, run_id: str, rows: list[dict], metric: str, mode: str, sweep_dir: Path) -> None:
+    """The table as ``sweep_jobs.json`` (MLflow's table artifact) and ``sweep_jobs.csv``; names the best job
+    by ``metric``, highest or lowest as ``dlexp.tracking.higher_is_better(metric, mode)`` says."""
     import pandas as pd
+
+    from dlexp.tracking import higher_is_better
 
     table = pd.DataFrame(rows)
     table.to_csv(sweep_dir / "sweep_jobs.csv", index=False)
     if rows:
-        client.log_table(run_id, data=table, artifact_file="sweep_jobs.json")
+        log_table_artifact(client, run_id, table, sweep_dir)
     client.log_artifact(run_id, str(sweep_dir / "sweep_jobs.csv"))
     counts = table["status"].value_counts().to_dict() if rows else {}
     client.log_metric(run_id, "jobs", len(rows))
     client.log_metric(run_id, "jobs_finished", counts.get("FINISHED", 0))
     note = f"{len(rows)} jobs: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    if (best := best_row(rows, metric)) is not None:
+    higher = higher_is_better(metric, mode)
+    rule = f"best by {metric} ({'higher' if higher else 'lower'} is better)"
+    client.set_tag(run_id, "dlexp.best_rule", rule)
+    if (best := best_row(rows, metric, higher)) is not None:
         client.set_tag(run_id, "dlexp.best_job", f"#{best['job']} {best['name']}")
         client.set_tag(run_id, "dlexp.best_run_id", best["run_id"])
         client.log_metric(run_id, f"best_{metric}", best[metric])
-        note = f"Best job #{best['job']} ({best['name']}): {metric} = {best[metric]:.4f}. {note}"
+        note = f"Best job #{best['job']} ({best['name']}): {metric} = {best[metric]:.4f}, {rule}. {note}"
     client.set_tag(run_id, "mlflow.note.content", note)
 
 
@@ -281,19 +323,18 @@ class SweepJob:
         return {PARENT_TAG: self.parent_run_id, "dlexp.sweep_job": str(self.num), SWEPT_KEYS_TAG: " ".join(self.swept)}
 
     def run(self, cfg: DictConfig, train: Callable[[dict[str, str]], dict]) -> float:
-        """Skip the job if its config already FINISHED (``tracking.resume``), else ``train(tags)``.
+        """Skip the job if its config already FINISHED in this sweep with this code (``tracking.resume``),
+        else ``train(tags)``.
 
         Returns the job's ``tracking.best_metric`` for sweepers. A user error fails only this job (NaN is
         returned, the sweep goes on and exits 2 at its end); the record is written on every path.
         """
         from dlexp.search.pruning import is_pruned, record_pruned
-        from dlexp.tracking import config_hash, find_finished_run, one_line, setup_experiment
+        from dlexp.tracking import one_line, setup_experiment
 
         tracking = cfg.tracking
         experiment_id = setup_experiment(tracking.uri, tracking.experiment_name, tracking.artifact_location)
-        if tracking.resume and (previous := find_finished_run(experiment_id, config_hash(cfg))) is not None:
-            log.info("job #%d skipped: its config already FINISHED as run %s", self.num,
-                     previous.info.run_id)
+        if tracking.resume and (previous := self.reusable_run(experiment_id, cfg)) is not None:
             self.write_record(previous.info.run_id, reused=True)
             return previous.data.metrics.get(tracking.best_metric, math.nan)
         error = pruned = None
@@ -315,6 +356,24 @@ class SweepJob:
             if pruned:
                 record_pruned(run_id, self.output_dir, pruned)
             self.write_record(run_id, reused=False, error=error, pruned=bool(pruned))
+
+    def reusable_run(self, experiment_id: str, cfg: DictConfig):
+        """This sweep's FINISHED run of the same config made by the same code, or None.
+
+        A run of the config that other code made is named in a warning: it is trained again, not reused.
+        """
+        from dlexp.tracking import CODE_HASH_TAG, code_hash, config_hash, find_finished_run, finished_with_other_code
+
+        hashed = config_hash(cfg)
+        if (previous := find_finished_run(experiment_id, hashed, self.parent_run_id)) is not None:
+            log.info("job #%d skipped: its config already FINISHED in this sweep with this code, as run %s",
+                     self.num, previous.info.run_id)
+            return previous
+        for other in finished_with_other_code(experiment_id, hashed, self.parent_run_id)[:1]:
+            log.warning("job #%d: its config FINISHED as run %s, but with other code (%s %s, now %s); "
+                        "training it again", self.num, other.info.run_id, CODE_HASH_TAG,
+                        str(other.data.tags.get(CODE_HASH_TAG, "none"))[:12], code_hash()[:12])
+        return None
 
     def own_run_id(self, experiment_id: str) -> str | None:
         """The run this job started, if it got that far."""

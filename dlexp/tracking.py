@@ -12,6 +12,7 @@ commands take turns through a lock file beside the store (``first_use_lock``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -180,8 +181,9 @@ CONFIG_HASH_TAG = "dlexp.config_hash"
 def config_hash(cfg: DictConfig) -> str:
     """SHA-256 of the resolved config without ``tracking`` (where a run is logged is not what it trains).
 
-    Two jobs with the same hash train the same thing; resumed sweeps skip a hash that already FINISHED.
-    Data files are named, not read: edit a file in place and the hash stays the same.
+    Two jobs with the same hash (and the same code, ``code_hash``) train the same thing; a resumed sweep
+    skips a job whose hashes already FINISHED in it. Data files are named, not read: edit a file in place
+    and the hash stays the same.
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("tracking", None)
@@ -206,22 +208,60 @@ def higher_is_better(metric: str, mode: str = "auto") -> bool:
     return not any(word in LOWER_IS_BETTER_WORDS for word in words)
 
 
+CODE_HASH_TAG = "dlexp.code_hash"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@functools.cache
+def code_hash(package_dir: Path = PACKAGE_DIR) -> str:
+    """SHA-256 of the package's own source: every ``*.py`` under ``package_dir`` by path and content.
+
+    Committed or not: an edited working copy is other code, so a resumed sweep trains its jobs again
+    rather than reusing results the current code might not give. Computed once per process.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def job_tags(cfg: DictConfig) -> dict[str, str]:
-    """Tags of every job's run: its config hash (what resumed sweeps look for) and its torch threads."""
+    """Tags of every job's run: its config and code hashes (what resumed sweeps match) and its torch threads."""
     import torch
 
-    return {CONFIG_HASH_TAG: config_hash(cfg), "dlexp.torch_threads": str(torch.get_num_threads())}
+    return {CONFIG_HASH_TAG: config_hash(cfg), CODE_HASH_TAG: code_hash(),
+            "dlexp.torch_threads": str(torch.get_num_threads())}
 
 
-def find_finished_run(experiment_id: str, config_hash_value: str):
-    """The latest FINISHED run of ``experiment_id`` tagged with ``config_hash_value``, or None."""
+def find_finished_run(experiment_id: str, config_hash_value: str, parent_run_id: str,
+                      code_hash_value: str | None = None):
+    """The latest FINISHED run under ``parent_run_id`` (a sweep's run) with this config and code, or None.
+
+    Only the sweep's own runs count, so a sweep never adopts a standalone run or another sweep's job
+    (its table and the UI show all its jobs in its group). ``code_hash_value`` defaults to this code's.
+    """
+    code_hash_value = code_hash_value or code_hash()
     runs = MlflowClient().search_runs(
         [experiment_id],
-        filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{config_hash_value}' and attributes.status = 'FINISHED'",
+        filter_string=(f"tags.`{CONFIG_HASH_TAG}` = '{config_hash_value}' and "
+                       f"tags.`{CODE_HASH_TAG}` = '{code_hash_value}' and "
+                       f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     return runs[0] if runs else None
+
+
+def finished_with_other_code(experiment_id: str, config_hash_value: str, parent_run_id: str) -> list:
+    """The sweep's FINISHED runs of this config that other code made (what a resume will not reuse)."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`{CONFIG_HASH_TAG}` = '{config_hash_value}' and "
+                       f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"],
+    )
+    return [run for run in runs if run.data.tags.get(CODE_HASH_TAG) != code_hash()]
 
 
 def flatten(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[str, str]:

@@ -47,7 +47,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.folds": _int_at_least(2),
     "trainer.max_epochs": _int_at_least(1),
     "trainer.batch_size": _int_at_least(1),
-    "trainer.patience": _int_at_least(0),
+    # 0 has two readings (no early stopping; stop at the first epoch without improvement): neither is taken.
+    "trainer.patience": ((lambda v: _is_int(v) and v >= 1),
+                         "an integer >= 1 (epochs without a lower validation loss before a fold stops), "
+                         "or null for no early stopping"),
     "trainer.min_delta": _non_negative_number(),
     "trainer.seed": _int_at_least(0),
     "trainer.num_threads": _int_at_least(0),
@@ -59,10 +62,13 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tracking.uri": ((lambda v: isinstance(v, str) and "://" in v or str(v).startswith("sqlite:")),
                      "a tracking URI such as sqlite:///ABS/PATH/mlflow.db or http://127.0.0.1:5000"),
     "tracking.experiment_name": ((lambda v: isinstance(v, str) and v.strip() != ""), "a non-empty name"),
+    "tracking.best_metric": ((lambda v: isinstance(v, str) and v.strip() != ""), "a summary metric's name"),
+    "tracking.best_metric_mode": ((lambda v: v in ("auto", "max", "min")),
+                                  "auto (from the metric's name), max or min"),
 }
 
 
-NULLABLE = {"trainer.num_threads"}  # null: leave torch's default
+NULLABLE = {"trainer.num_threads", "trainer.patience"}  # null: torch's default threads; no early stopping
 _ABSENT = object()
 
 

@@ -55,7 +55,12 @@ CASES = [
     ("lr-negative", lambda t: ["optimizer.lr=-0.1"], "optimizer.lr=-0.1: expected a number > 0", 2),
     ("hidden-empty", lambda t: ["model.hidden_dims=[]"], "model.hidden_dims=[]: expected a non-empty list", 2),
     ("hidden-nonpositive", lambda t: ["model.hidden_dims=[64,0]"], "model.hidden_dims=[64, 0]", 2),
-    ("patience<0", lambda t: ["trainer.patience=-3"], "trainer.patience=-3: expected an integer >= 0", 2),
+    ("patience<0", lambda t: ["trainer.patience=-3"], "trainer.patience=-3: expected an integer >= 1", 2),
+    ("patience=0", lambda t: ["trainer.patience=0"],
+     "trainer.patience=0: expected an integer >= 1 (epochs without a lower validation loss before a fold "
+     "stops), or null for no early stopping", 2),
+    ("best-metric-mode", lambda t: ["tracking.best_metric_mode=lowest"],
+     "tracking.best_metric_mode='lowest': expected auto (from the metric's name), max or min", 2),
     ("batch<1", lambda t: ["trainer.batch_size=0"], "trainer.batch_size=0: expected an integer >= 1", 2),
     ("device-cuda", lambda t: ["trainer.device=cuda"], "trainer.device=cuda: no CUDA device", 2),
     ("device-unknown", lambda t: ["trainer.device=tpu"], "trainer.device='tpu': expected cpu, cuda", 2),

@@ -209,3 +209,49 @@ def test_a_diverging_fold_is_dropped_and_the_others_finish(noisy_folds):
     assert results[1].epochs_run == 1
     assert results[0].diverged is None and results[2].diverged is None
     assert results[0].epochs_run > 4 and results[2].epochs_run > 4
+
+
+def test_fold_seeds_are_distinct_for_every_seed_fold_and_stream():
+    from dlexp.splits import fold_seed
+
+    seeds = {(s, k, stream): fold_seed(s, k, stream) for s in range(30) for k in range(1, 11)
+             for stream in ("weights", "order")}
+    assert len(set(seeds.values())) == len(seeds)
+    assert fold_seed(42, 3, "weights") == fold_seed(42, 3, "weights")  # reproducible
+
+
+def initial_weights(monkeypatch, strategy: str, seed: int) -> list[dict[str, torch.Tensor]]:
+    """Each fold's weights as train_folds builds them (before any step), for a 3-fold spiral run."""
+    from dlexp import experiment
+
+    built, build = [], experiment.build_fold_objects
+
+    def recording(*args, **kwargs):
+        objects = build(*args, **kwargs)
+        built.append({k: v.clone() for k, v in objects.model.state_dict().items()})
+        return objects
+
+    monkeypatch.setattr(experiment, "build_fold_objects", recording)
+    cfg = compose_spiral(f"trainer.seed={seed}", "trainer.folds=3", "trainer.max_epochs=1")
+    data = load_point_files(cfg.dataset.train_path, cfg.dataset.test_path)
+    folds = kfold_indices(data.y_train.numpy(), 3, seed)
+    list(experiment.train_folds(cfg, data, folds, data.x_train, data.y_train, torch.device("cpu"), strategy))
+    monkeypatch.undo()
+    assert len(built) == 3
+    return built
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_folds_of_neighbouring_seeds_start_from_different_weights(monkeypatch):
+    """seed + fold gave fold k+1 of seed s the initial weights of fold k of seed s+1 (a seed sweep's folds
+    were correlated); both strategies still give fold k the same weights."""
+    batched = {seed: initial_weights(monkeypatch, "batched", seed) for seed in (7, 8)}
+    sequential = initial_weights(monkeypatch, "sequential", 7)
+    assert all(same_weights(b, s) for b, s in zip(batched[7], sequential, strict=True))
+    everything = batched[7] + batched[8]
+    for i, a in enumerate(everything):
+        for b in everything[i + 1:]:
+            assert not same_weights(a, b)

@@ -177,3 +177,25 @@ def test_bad_optimizer_or_scheduler_value_is_one_line_error(overrides, message):
     with pytest.raises(DlexpError) as error:
         build_fold_objects(cfg, data, torch.device("cpu"), seed=0)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_patience_null_is_no_early_stopping(shared_store):
+    """trainer.patience=null trains every fold for max_epochs, where patience 1 stops the same folds early
+    (trainer.patience=0 is refused: tests/test_bad_input.py)."""
+    def epochs_per_fold(patience: str) -> list[int]:
+        cfg = compose_spiral(["trainer.max_epochs=30", "trainer.folds=2", "plots.grid_resolution=20",
+                              "optimizer.lr=0.1", f"trainer.patience={patience}",
+                              f"tracking.uri=sqlite:///{shared_store}/mlflow.db",
+                              f"tracking.artifact_location={shared_store}/artifacts"])
+        output_dir = shared_store / f"patience_{patience}"
+        run_experiment(cfg, output_dir)
+        client = MlflowClient(tracking_uri=cfg.tracking.uri)
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment_name)
+        (run,) = client.search_runs([experiment.experiment_id],
+                                    filter_string=f"tags.`dlexp.output_dir` = '{output_dir}'")
+        folds = client.search_runs([experiment.experiment_id],
+                                   filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+        return [int(fold.data.metrics["epochs_run"]) for fold in folds]
+
+    assert epochs_per_fold("null") == [30, 30]
+    assert max(epochs_per_fold("1")) < 30

@@ -264,3 +264,37 @@ def test_backbones_get_a_head_for_our_classes(name, parameters):
         torchvision_classifier(name, (3, 64, 64), 3, weights="IMAGENET_NOPE")
     with pytest.raises(DlexpError, match="needs RGB"):
         torchvision_classifier(name, (1, 64, 64), 3)
+
+
+def test_a_frozen_backbone_does_not_change_in_training():
+    """model=mobilenet_v3_small model.freeze=true: one epoch changes the new head and nothing else, not
+    even BatchNorm's running statistics (its 34 BatchNorm layers used to update them while frozen)."""
+    from conftest import compose_config
+
+    from dlexp.config import build
+    from dlexp.training import train_fold
+
+    cfg = compose_config(["+experiment=insects", "model=mobilenet_v3_small", "model.freeze=true",
+                          "model.weights=null"])
+    torch.manual_seed(0)
+    model = build("model", cfg.model, input_shape=(3, 32, 32), num_classes=3)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(batchnorms) == 34
+    head = ["classifier.3.bias", "classifier.3.weight"]
+
+    def weights() -> dict[str, torch.Tensor]:  # torchvision's names (the frozen model wraps it as `model`)
+        return {name.removeprefix("model."): t.clone() for name, t in model.state_dict().items()}
+
+    before = weights()
+    trainable = [name.removeprefix("model.") for name, p in model.named_parameters() if p.requires_grad]
+    assert sorted(trainable) == head
+    x, y = torch.rand(40, 3, 32, 32), torch.arange(40) % 3
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    train_fold(1, model, optimizer, None, torch.nn.CrossEntropyLoss(), x, y, torch.arange(32),
+               torch.arange(32, 40), batch_size=8, max_epochs=1, patience=1,
+               generator=torch.Generator().manual_seed(0))
+    after = weights()
+    changed = sorted(name for name in before if not torch.equal(before[name], after[name]))
+    assert changed == head
+    model.train()
+    assert model.training and not any(m.training for m in batchnorms)

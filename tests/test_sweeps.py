@@ -109,6 +109,10 @@ def test_rerun_sweep_resumes_only_the_failed_job(tmp_path):
     assert len({r.data.tags["dlexp.config_hash"] for r in jobs}) == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {sweeps[0].info.run_id}
     assert sweeps[0].data.metrics["jobs_finished"] == 3
+    # The jobs table of the resumed sweep lists each job once (MLflow's log_table would append).
+    table = json.loads((tmp_path / "artifacts" / sweeps[0].info.run_id / "artifacts" / "sweep_jobs.json")
+                       .read_text())
+    assert sorted(row[table["columns"].index("job")] for row in table["data"]) == [0, 1, 2]
 
     forced = run_dlexp(*command, "tracking.resume=false")  # the flag that forces a rerun
     assert forced.returncode == 0, forced.stderr[-3000:]

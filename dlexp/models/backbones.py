@@ -14,8 +14,9 @@ from torch import nn
 from dlexp.errors import DlexpError
 
 
-def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
-    """Swap the model's final ``nn.Linear`` (resnet's ``fc``, mobilenet's ``classifier[-1]``, ...)."""
+def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
+    """Swap the model's final ``nn.Linear`` (resnet's ``fc``, mobilenet's ``classifier[-1]``, ...) and
+    return its name."""
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
@@ -26,6 +27,33 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, child)
     setattr(parent, child, nn.Linear(old.in_features, num_classes))
+    return last
+
+
+class FrozenBackbone(nn.Module):
+    """A torchvision model of which only the new head trains: every other layer is frozen.
+
+    Frozen means no gradients and eval mode at all times, so BatchNorm keeps its running statistics and
+    dropout stays off whatever ``train()`` says; ``requires_grad=False`` alone would still let BatchNorm
+    update its statistics on every training batch.
+    """
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model = model
+        self.head = head
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith(head + "."))
+        self.train()
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        super().train(mode)
+        self.model.eval()
+        self.model.get_submodule(self.head).train(mode)
+        return self
+
+    def forward(self, x):
+        return self.model(x)
 
 
 def torchvision_classifier(
@@ -37,7 +65,7 @@ def torchvision_classifier(
 ) -> nn.Module:
     """torchvision's ``name`` with ``weights`` (or none), its last linear layer replaced for ``num_classes``.
 
-    ``freeze=True`` trains only that new head (sensible with pretrained weights).
+    ``freeze=True`` trains only that new head (sensible with pretrained weights): see FrozenBackbone.
     """
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise DlexpError(f"model.name={name!r}: not a torchvision classification model")
@@ -54,8 +82,5 @@ def torchvision_classifier(
     except OSError as error:  # URLError and friends: no internet and nothing in torch's cache
         raise DlexpError(f"model.weights={weights}: could not download {name}'s weights ({error}); "
                          "download them once with internet or use model.weights=null") from None
-    if freeze:
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-    _replace_last_linear(model, num_classes)
-    return model
+    head = _replace_last_linear(model, num_classes)
+    return FrozenBackbone(model, head) if freeze else model
