@@ -50,12 +50,12 @@ class FoldRuns(TrainingHooks):
                  evaluate: Callable[[FoldResult], torch.nn.Module],
                  test_accuracy: Callable[[torch.nn.Module], float],
                  pictures: Callable[[FoldResult, torch.nn.Module], list], writer: Writer | None = None,
-                 flush_seconds: float = FLUSH_SECONDS) -> None:
+                 flush_seconds: float | None = None) -> None:
         self.client = MlflowClient()
         self.job_run_id, self.experiment_id, self.n_folds = job_run_id, experiment_id, n_folds
         self.evaluate, self.test_accuracy, self.pictures = evaluate, test_accuracy, pictures
         self.writer = writer or Writer()
-        self.writer.every(flush_seconds, self._flush)
+        self.writer.every(flush_seconds or FLUSH_SECONDS, self._flush)
         self.epochs: collections.deque = collections.deque()  # (fold, epoch, metrics, ms): the training side
         self.run_ids: dict[int, str] = {}  # fold -> run id (written by the writer thread)
         self.unsent: dict[int, list[Metric]] = collections.defaultdict(list)  # (writer thread)

@@ -78,7 +78,7 @@ class SweepRun(Callback):
             sys.exit(2)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id}))
+        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id, "jobs": count_jobs(config)}))
         # Jobs in this process (basic launcher) or its workers (joblib), not on a cluster (submitit).
         self.jobs_on_this_machine = "submitit" not in str(config.hydra.launcher.get("_target_", ""))
         atexit.register(self.finish, completed=False)  # a job raised or was interrupted: end the run anyway
@@ -147,6 +147,34 @@ class SweepRun(Callback):
         log_jobs_table(client, run_id, rows, self.best_metric, self.sweep_dir)
         client.set_terminated(run_id, RunStatus.to_string(status))
         return [row for row in rows if row["status"] != "FINISHED"]
+
+
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep will run (for progress lines), or None where the sweeper does not say."""
+    sweeper = config.hydra.sweeper
+    if "n_trials" in sweeper:  # Optuna
+        return int(sweeper.n_trials)
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
+        return len(BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)[0])
+    except Exception:  # noqa: BLE001 (another sweeper: progress lines without a total)
+        return None
+
+
+def report_progress(sweep_dir: Path) -> None:
+    """One line after each job: jobs done of all, and how many failed (from the records in the sweep folder,
+    so jobs in other processes count too)."""
+    try:
+        records = [json.loads(path.read_text()) for path in sweep_dir.glob(f"*/{JOB_FILE}")]
+        total = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("jobs")
+    except (OSError, ValueError):  # a record being written by a parallel job: the next line counts it
+        return
+    failed = sum(1 for record in records if record.get("error"))
+    log.info("sweep: %d%s jobs done%s", len(records), f" of {total}" if total else "",
+             f", {failed} failed" if failed else "")
 
 
 def end_orphaned_job_runs(client, experiment_id: str, sweep_run_id: str) -> None:
@@ -291,6 +319,8 @@ class SweepJob:
             return math.nan
         finally:
             self.write_record(self.own_run_id(experiment_id), reused=False, error=error)
+            if cfg.trainer.get("progress", True):
+                report_progress(self.output_dir.parent)
 
     def own_run_id(self, experiment_id: str) -> str | None:
         """The run this job started, if it got that far."""

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+from dlexp import progress
 from dlexp.errors import DlexpError
 from dlexp.splits import holdout_indices
 
@@ -325,7 +326,8 @@ def decode_all(
     try:
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                             persistent_workers=False)
-        images = torch.cat([batch for batch, _ in loader])
+        batches = progress.track(loader, len(dataset), "decoding images", "image", size=lambda b: len(b[0]))
+        images = torch.cat([batch for batch, _ in batches])
     finally:
         dataset.transform, dataset.return_label_name = saved
     if cache_file is not None:
