@@ -6,30 +6,34 @@ directly with a composed config.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp import plots
+from dlexp import plots, progress
+from dlexp.background import Writer, start_helper
 from dlexp.batched import batching_obstacle, train_folds_batched
 from dlexp.config import build, build_partial
 from dlexp.data.points import PointData
 from dlexp.devices import resolve_device
 from dlexp.errors import DlexpError
+from dlexp.fold_logging import FoldRuns, fold_pictures
 from dlexp.inspect import log_model_summary, summarize_model
-from dlexp.naming import SWEPT_KEYS_TAG, fold_run_name, job_run_name
+from dlexp.naming import SWEPT_KEYS_TAG, job_run_name
+from dlexp.run_logging import classification_pictures, data_picture, run_pictures, write_run_files
 from dlexp.splits import kfold_indices
-from dlexp.tracking import flatten, git_commit, job_tags, log_history, mlflow_run, setup_experiment
-from dlexp.training import NO_HOOKS, FoldResult, TrainingHooks, predict_logits, train_fold
+from dlexp.summary import accuracy, class_probabilities, summarise, summary_text
+from dlexp.tracking import flatten, git_commit, job_tags, mlflow_run, setup_experiment
+from dlexp.training import NO_HOOKS, FoldResult, HookList, TrainingHooks, train_fold
 from dlexp.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -131,85 +135,6 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
         yield result, objects.model
 
 
-def class_probabilities(model: torch.nn.Module, x: torch.Tensor, transform=None) -> torch.Tensor:
-    """Softmax outputs in eval mode; ``transform`` (the data's eval transform, if any) prepares ``x``."""
-    return predict_logits(model, x, transform).softmax(dim=1)
-
-
-def accuracy(probabilities: torch.Tensor, y: torch.Tensor) -> float:
-    return (probabilities.argmax(dim=1) == y).float().mean().item()
-
-
-def predictor(model: torch.nn.Module, device: torch.device):
-    """A CPU-in, CPU-out class predictor for plotting."""
-    return lambda x: class_probabilities(model, x.to(device)).argmax(dim=1).cpu().numpy()
-
-
-def log_fold(result: FoldResult, model: torch.nn.Module, data: PointData, cfg: DictConfig,
-             device: torch.device, fold_dir: Path, grid) -> None:
-    """One nested MLflow run for a fold: per-epoch series, its best epoch, test accuracy and pictures."""
-    with mlflow_run(fold_run_name(mlflow.active_run().info.run_name, result.fold), nested=True,
-                    tags={"dlexp.fold": str(result.fold)}):
-        mlflow.log_params({"fold": result.fold, "n_train": len(result.train_indices),
-                           "n_val": len(result.val_indices)})
-        log_history(result.history)
-        mlflow.log_metrics({
-            "best_epoch": result.best_epoch,
-            "best_val_loss": result.best_val_loss,
-            "best_val_acc": result.best_val_acc,
-            "epochs_run": result.epochs_run,
-            "test_acc": result.test_acc,
-        })
-        pictures = [plots.plot_loss_curves(fold_dir / "loss_curve.png", {f"fold {result.fold}": result.history},
-                                           {f"fold {result.fold}": result.best_epoch})]
-        if grid is not None:
-            x_train, y_train = data.x_train.numpy(), data.y_train.numpy()
-            val = result.val_indices.numpy()
-            is_val = np.zeros(len(y_train), dtype=bool)
-            is_val[val] = True
-            pictures.append(plots.plot_decision_boundary(
-                fold_dir / "decision_boundary.png", predictor(model, device), grid, x_train, y_train,
-                data.class_names, f"fold {result.fold}: best epoch {result.best_epoch}, "
-                f"val acc {result.best_val_acc:.1%}", marked=is_val, marked_label="validation"))
-        for picture in pictures:
-            mlflow.log_artifact(str(picture))
-
-
-def summarise(results: list[FoldResult], ensemble_acc: float, seconds: float) -> dict:
-    """Headline numbers of the run; the fold with the lowest validation loss is the reported model."""
-    best = min(results, key=lambda r: r.best_val_loss)
-    test_accs = np.array([r.test_acc for r in results])
-    return {
-        "test_acc": best.test_acc,
-        "best_fold": best.fold,
-        "best_val_loss": best.best_val_loss,
-        "test_acc_last_fold": results[-1].test_acc,
-        "test_acc_fold_mean": float(test_accs.mean()),
-        "test_acc_fold_std": float(test_accs.std()),
-        "test_acc_ensemble": ensemble_acc,
-        "val_acc_mean": float(np.mean([r.best_val_acc for r in results])),
-        "epochs_run_mean": float(np.mean([r.epochs_run for r in results])),
-        "train_seconds": seconds,
-        "fold_test_acc": {r.fold: r.test_acc for r in results},
-    }
-
-
-def summary_text(summary: dict, data: PointData) -> str:
-    folds = ", ".join(f"{fold}: {acc:.1%}" for fold, acc in summary["fold_test_acc"].items())
-    return "\n".join([
-        data.describe() if hasattr(data, "describe") else
-        f"dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test points, "
-        f"{data.n_features} features, {data.n_classes} classes",
-        f"test accuracy of the reported model (fold {summary['best_fold']}, lowest val loss "
-        f"{summary['best_val_loss']:.4f}): {summary['test_acc']:.2%}",
-        f"test accuracy of the last fold's model: {summary['test_acc_last_fold']:.2%}",
-        f"test accuracy per fold: {folds}",
-        f"mean over folds: {summary['test_acc_fold_mean']:.2%} ± {summary['test_acc_fold_std']:.2%}",
-        f"ensemble of the fold models (mean probabilities): {summary['test_acc_ensemble']:.2%}",
-        f"training time: {summary['train_seconds']:.1f} s",
-    ]) + "\n"
-
-
 def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
                    extra_tags: dict[str, str] | None = None, hooks: TrainingHooks = NO_HOOKS) -> dict:
     """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow.
@@ -218,6 +143,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     ``hooks`` hear of every epoch and fold (a search's trial reports to its pruner through them).
     """
     validate_config(cfg)
+    progress.configure(trainer_progress(cfg))
+    start_helper()  # the picture process starts while the data loads
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
@@ -242,26 +169,38 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         tags["dlexp.split"] = data.split_note()
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
+    plot_dir = output_dir / "plots"
     run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
-    with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt"):
+    with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt") as run, Writer() as writer:
+        client, run_id = MlflowClient(), run.info.run_id
         mlflow.log_params(flatten(cfg))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
         log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
-        mlflow.log_artifact(str(data_picture(output_dir / "plots", data)), "plots")
+        writer.log_artifact(client, run_id, data_picture(writer, plot_dir, data), "plots")
 
+        def best_model_of(result: FoldResult) -> torch.nn.Module:
+            probe.model.load_state_dict(result.state_dict)
+            return probe.model
+
+        fold_runs = FoldRuns(
+            run_id, run.info.experiment_id, len(folds), run_name, evaluate=best_model_of,
+            test_accuracy=lambda model: accuracy(class_probabilities(model, x_test, eval_transform), y_test),
+            pictures=lambda result, model: fold_pictures(writer, result, model, fold_dir(output_dir, result.fold),
+                                                         data, grid, device),
+            writer=writer)
+        shown = progress.training_progress(len(folds), trainer.max_epochs, batched=strategy == "batched")
         started = time.perf_counter()
         results: list[FoldResult] = []
         models: list[torch.nn.Module] = []
-        for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy, hooks):
-            result.train_indices, result.val_indices = result.train_indices.cpu(), result.val_indices.cpu()
-            result.test_acc = accuracy(class_probabilities(model, x_test, eval_transform), y_test)
-            log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
-                     result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
-                     100 * result.best_val_acc, 100 * result.test_acc)
-            log_fold(result, model, data, cfg, device, output_dir / "folds" / f"fold_{result.fold}", grid)
-            results.append(result)
-            models.append(model)
+        with fold_runs, closing(shown):
+            for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy,
+                                             hooks=HookList([fold_runs, shown, hooks])):
+                log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
+                         result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
+                         100 * result.best_val_acc, 100 * result.test_acc)
+                results.append(result)
+                models.append(model)
         seconds = time.perf_counter() - started
 
         ensemble = torch.stack([class_probabilities(m, x_test, eval_transform) for m in models]).mean(dim=0)
@@ -269,74 +208,19 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         best_model = models[summary["best_fold"] - 1]
         mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
         predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
-        log_classification(output_dir / "plots", summary, data, predicted)
-        write_run_outputs(output_dir, summary, results, best_model, data, device, grid)
-        mlflow.log_artifacts(str(output_dir / "plots"), "plots")
-        for name in ("model.pt", "summary.txt", "summary.json"):
-            mlflow.log_artifact(str(output_dir / name))
+        for picture in [*classification_pictures(writer, plot_dir, summary, data, predicted),
+                        *run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid)]:
+            writer.log_artifact(client, run_id, picture, "plots")
+        writer.drain()  # every picture is in the store before the model and summary are written
+        for path in write_run_files(output_dir, summary, best_model, data):
+            mlflow.log_artifact(str(path))
     log.info("\n%s", summary_text(summary, data))
     return summary
 
 
-def data_picture(plot_dir: Path, data) -> Path:
-    """Images: a grid of training samples with their labels (as the course's dataset tester shows);
-    points: train and test scatter."""
-    if len(data.input_shape) != 3:
-        return plots.plot_data(plot_dir / "data.png", data.x_train, data.y_train, data.x_test, data.y_test,
-                               data.class_names)
-    y = data.y_train.numpy()
-    per_class = max(1, 32 // data.n_classes)
-    picks = np.concatenate([np.flatnonzero(y == c)[:: max(1, (y == c).sum() // per_class)][:per_class]
-                            for c in range(data.n_classes)])
-    return plots.plot_image_grid(plot_dir / "samples.png", data.x_train[picks],
-                                 [data.class_names[y[i]] for i in picks],
-                                 f"{data.name}: training samples ({len(y)} images)")
+def fold_dir(output_dir: Path, fold: int) -> Path:
+    return output_dir / "folds" / f"fold_{fold}"
 
 
-def metric_name(text: str) -> str:
-    """A class name as an MLflow metric key part (letters, digits, _ - . space and / only)."""
-    return re.sub(r"[^\w\-. /]", "_", text)
-
-
-def log_classification(plot_dir: Path, summary: dict, data, predicted: torch.Tensor) -> None:
-    """The reported model on the test set: confusion matrix and per-class accuracy (pictures and metrics),
-    for images the misclassified test images, and for a grouped split the headline ``test_acc_grouped``."""
-    y_test = data.y_test.numpy()
-    predicted = predicted.numpy()
-    title = f"fold {summary['best_fold']} model on the test set: {summary['test_acc']:.1%}"
-    per_class = plots.per_class_accuracy(y_test, predicted, data.n_classes)
-    plots.plot_confusion_matrix(plot_dir / "confusion_matrix.png", y_test, predicted, data.class_names, title)
-    plots.plot_per_class_accuracy(plot_dir / "per_class_accuracy.png", per_class, data.class_names, title)
-    mlflow.log_metrics({f"test_acc_class.{metric_name(name)}": float(acc)
-                        for name, acc in zip(data.class_names, per_class, strict=True) if not np.isnan(acc)})
-    if getattr(data, "grouped", False):
-        mlflow.log_metric("test_acc_grouped", summary["test_acc"])
-    if len(data.input_shape) == 3:
-        wrong = np.flatnonzero(predicted != y_test)[:48]
-        plots.plot_image_grid(
-            plot_dir / "misclassified.png", data.x_test[wrong],
-            [f"true: {data.class_names[y_test[i]]}\npred: {data.class_names[predicted[i]]}" for i in wrong],
-            f"misclassified test images: {int((predicted != y_test).sum())} of {len(y_test)} (first 48)",
-            columns=6)
-
-
-def write_run_outputs(output_dir: Path, summary: dict, results: list[FoldResult], best_model: torch.nn.Module,
-                      data: PointData, device: torch.device, grid) -> None:
-    """The run folder's pictures, the best model's weights and the summary files."""
-    plot_dir = output_dir / "plots"
-    plots.plot_loss_curves(plot_dir / "loss_curves.png", {f"fold {r.fold}": r.history for r in results},
-                           {f"fold {r.fold}": r.best_epoch for r in results})
-    if grid is not None:
-        predict = predictor(best_model, device)
-        x_train, y_train = data.x_train.numpy(), data.y_train.numpy()
-        x_test, y_test = data.x_test.numpy(), data.y_test.numpy()
-        wrong = predict(data.x_test) != y_test
-        plots.plot_decision_boundary(plot_dir / "decision_boundary_train.png", predict, grid, x_train, y_train,
-                                     data.class_names, f"fold {summary['best_fold']} model, train points")
-        plots.plot_decision_boundary(plot_dir / "decision_boundary_test.png", predict, grid, x_test, y_test,
-                                     data.class_names, f"fold {summary['best_fold']} model, test points: "
-                                     f"{summary['test_acc']:.1%}", marked=wrong)
-    torch.save({k: v.cpu() for k, v in best_model.state_dict().items()}, output_dir / "model.pt")
-    (output_dir / "summary.txt").write_text(summary_text(summary, data))
-    (output_dir / "summary.json").write_text(json.dumps({**summary, "class_names": data.class_names,
-                                                               "input_shape": list(data.input_shape)}, indent=2))
+def trainer_progress(cfg: DictConfig) -> bool:
+    return bool(OmegaConf.select(cfg, "trainer.progress", default=True))

@@ -1,12 +1,16 @@
 """Pictures of a run: data scatter, loss curves, decision boundaries, confusion matrix, per-class accuracy
 and image grids. Each function writes one PNG.
 
-Matplotlib runs headless (Agg) and every figure is closed after saving, so sweeps don't leak memory.
+Matplotlib runs headless (Agg) and every figure is closed after saving, so sweeps don't leak memory. Every
+PNG is written under a temporary name and renamed into place, so a run stopped mid-picture never leaves a
+half-written file. Only the image grid imports torch (when called): dlexp.background renders these in a
+helper process that should start fast, so arrays come in as numpy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -14,7 +18,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 CMAP = "tab10"
 #: Fixed margins for the per-run plots, whose labels are known in advance. A layout engine
@@ -23,9 +26,16 @@ MARGINS = {"left": 0.09, "right": 0.98, "bottom": 0.09, "top": 0.93}
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (a temporary file renamed into place) and close it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        fig.savefig(partial, dpi=100)
+        os.replace(partial, path)
+    finally:
+        plt.close(fig)
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -84,9 +94,15 @@ def decision_grid(points: Sequence[np.ndarray], resolution: int, margin: float =
     return np.meshgrid(xs, ys)
 
 
+def grid_points(grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The grid's points as float32 rows ``(x, y)``, for a model to predict the regions of."""
+    gx, gy = grid
+    return np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float32)
+
+
 def plot_decision_boundary(
     path: Path,
-    predict: Callable[[torch.Tensor], torch.Tensor],
+    regions: np.ndarray,
     grid: tuple[np.ndarray, np.ndarray],
     x: np.ndarray,
     y: np.ndarray,
@@ -95,10 +111,10 @@ def plot_decision_boundary(
     marked: np.ndarray | None = None,
     marked_label: str = "misclassified",
 ) -> Path:
-    """Class regions of ``predict`` over ``grid`` with the points ``(x, y)``; ``marked`` points get an X."""
+    """Class ``regions`` (the predicted class of each :func:`grid_points` row) over ``grid`` with the points
+    ``(x, y)``; ``marked`` points get an X."""
     gx, gy = grid
-    flat = torch.from_numpy(np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float32))
-    regions = predict(flat).reshape(gx.shape)
+    regions = np.asarray(regions).reshape(gx.shape)
     fig, ax = plt.subplots(figsize=(6, 6))
     fig.subplots_adjust(**MARGINS)
     ax.contourf(gx, gy, regions, levels=np.arange(-0.5, 10.5), cmap=CMAP, vmin=-0.5, vmax=9.5, alpha=0.35)
@@ -157,11 +173,12 @@ def plot_per_class_accuracy(path: Path, accuracies: np.ndarray, class_names: Seq
     return _save(fig, path)
 
 
-def plot_image_grid(path: Path, images: torch.Tensor, captions: Sequence[str], title: str,
-                    columns: int = 8) -> Path:
-    """uint8 ``N x 3 x H x W`` images in a grid (torchvision's make_grid), each with its caption."""
+def plot_image_grid(path: Path, images, captions: Sequence[str], title: str, columns: int = 8) -> Path:
+    """uint8 ``N x 3 x H x W`` images (tensor or array) in a grid (torchvision's make_grid), each captioned."""
+    import torch
     from torchvision.utils import make_grid
 
+    images = torch.as_tensor(np.asarray(images))
     pad = 2
     columns = max(1, min(columns, len(images)))
     fig_w = columns * 1.8

@@ -95,7 +95,8 @@ class SweepRun(Callback):
             sys.exit(2)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id, "swept": self.swept}))
+        (self.sweep_dir / SWEEP_FILE).write_text(json.dumps({"run_id": self.run_id, "swept": self.swept,
+                                                             "jobs": count_jobs(config)}))
         # Jobs in this process (basic launcher) or its workers (joblib), not on a cluster (submitit).
         launcher = str(config.hydra.launcher.get("_target_", ""))
         self.jobs_on_this_machine = not any(name in launcher for name in ("submitit", "slurm"))
@@ -175,6 +176,34 @@ class SweepRun(Callback):
         print(sweep_report(self.sweep_dir, client.get_run(run_id), experiment_name, uri, rows, best,
                            self.best_metric), flush=True)
         return [row for row in rows if row["status"] not in DONE]
+
+
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep will run (for progress lines), or None where the sweeper does not say."""
+    sweeper = config.hydra.sweeper
+    if "n_trials" in sweeper:  # Optuna
+        return int(sweeper.n_trials)
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + list(config.hydra.overrides.task)
+        return len(BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)[0])
+    except Exception:  # noqa: BLE001 (another sweeper: progress lines without a total)
+        return None
+
+
+def report_progress(sweep_dir: Path) -> None:
+    """One line after each job: jobs done of all, and how many failed (from the records in the sweep folder,
+    so jobs in other processes count too)."""
+    try:
+        records = [json.loads(path.read_text()) for path in sweep_dir.glob(f"*/{JOB_FILE}")]
+        total = json.loads((sweep_dir / SWEEP_FILE).read_text()).get("jobs")
+    except (OSError, ValueError):  # a record being written by a parallel job: the next line counts it
+        return
+    failed = sum(1 for record in records if record.get("error"))
+    log.info("sweep: %d%s jobs done%s", len(records), f" of {total}" if total else "",
+             f", {failed} failed" if failed else "")
 
 
 def end_orphaned_job_runs(client, experiment_id: str, sweep_run_id: str) -> None:
@@ -356,6 +385,8 @@ class SweepJob:
             if pruned:
                 record_pruned(run_id, self.output_dir, pruned)
             self.write_record(run_id, reused=False, error=error, pruned=bool(pruned))
+            if cfg.trainer.get("progress", True):
+                report_progress(self.output_dir.parent)
 
     def reusable_run(self, experiment_id: str, cfg: DictConfig):
         """This sweep's FINISHED run of the same config made by the same code, or None.

@@ -55,6 +55,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.seed": _int_at_least(0),
     "trainer.num_threads": _int_at_least(0),
     "trainer.stratify": ((lambda v: isinstance(v, bool)), "true or false"),
+    "trainer.progress": ((lambda v: isinstance(v, bool)), "true or false"),
     "optimizer.lr": _positive_number(),
     "model.hidden_dims": _widths(),
     "model.channels": _widths(),

@@ -196,8 +196,11 @@ def test_a_fold_that_diverges_fails_the_run_and_keeps_the_finished_folds(store, 
     parents, children = runs_of(store["client"])
     assert [p.info.status for p in parents] == ["FAILED"]
     assert "TrainingDiverged: fold 2" in parents[0].data.tags["dlexp.error"]
-    assert [(c.data.params["fold"], c.info.status) for c in children] == [("1", "FINISHED")]
+    # Fold 1 finished; fold 2's run (open since it started) ends FAILED with the reason.
+    children = sorted(children, key=lambda c: c.data.tags["dlexp.fold"])
+    assert [(c.data.tags["dlexp.fold"], c.info.status) for c in children] == [("1", "FINISHED"), ("2", "FAILED")]
     assert children[0].data.metrics["epochs_run"] == 4
+    assert "TrainingDiverged: fold 2" in children[1].data.tags["dlexp.error"]
     assert (tmp_path / "out" / "FAILED.txt").is_file() and not (tmp_path / "out" / "summary.json").exists()
 
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from dlexp import progress
 from dlexp.data.image_dataset import CsvImageDataset
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def decode_all(
     try:
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                             persistent_workers=False)
-        images = torch.cat([batch for batch, _ in loader])
+        batches = progress.track(loader, len(dataset), "decoding images", "image", size=lambda b: len(b[0]))
+        images = torch.cat([batch for batch, _ in batches])
     finally:
         dataset.transform, dataset.return_label_name = saved
     if cache_file is not None:

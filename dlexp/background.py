@@ -1,0 +1,180 @@
+"""Work taken off the training thread: PNGs rendered in a helper process, MLflow writes on a writer thread.
+
+Measured on the 2-core machine (benchmarks/README.md): a run's 16 PNGs cost more CPU than the batched
+training itself, and matplotlib holds the GIL while it draws, so a thread would only take turns with
+training. A helper process draws on the second core instead; it imports matplotlib and numpy only (no
+torch, no MLflow), starts once per dlexp process and serves every run and sweep job in it.
+
+MLflow writes (SQLite or HTTP) go through one writer thread in order, so a fold's run is closed only after
+its metrics and pictures are in, and training never waits for the store. Both ends report their errors
+to the training thread (``Writer.check``), which stops the run like any other error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _start_helper() -> None:
+    """In the helper process: Ctrl-C reaches the whole process group, but only dlexp's own process decides
+    what to do with it (finish or drop the pictures); the helper must not die mid-picture."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import dlexp.plots  # noqa: F401  (loaded once, before the first picture is asked for)
+
+
+def _render(function: str, path: str, args: tuple, kwargs: dict) -> str:
+    from dlexp import plots
+
+    return str(getattr(plots, function)(Path(path), *args, **kwargs))
+
+
+def _shutdown() -> None:
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def picture_pool() -> ProcessPoolExecutor:
+    """The helper process (started on first use; fresh Python, so no torch or MLflow state is copied)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_helper)
+            atexit.register(_shutdown)
+        return _pool
+
+
+def render(function: str, path: Path, *args, **kwargs) -> Future:
+    """``dlexp.plots.<function>(path, *args, **kwargs)`` in the helper process; the future gives the path."""
+    return picture_pool().submit(_render, function, str(path), args, kwargs)
+
+
+def start_helper() -> None:
+    """Start the helper process now, so its imports overlap with the run's own start-up."""
+    picture_pool().submit(int)
+
+
+class Aborted(Exception):
+    """The writer was told to stop (a second Ctrl-C, or the run ended KILLED while writes were pending)."""
+
+
+_MARK = object()  # a drain's marker in the queue
+
+
+class Writer:
+    """One thread that runs MLflow writes in the order they were submitted.
+
+    ``every(seconds, flush)`` also runs ``flush`` whenever the queue has been idle that long (live metrics).
+    The first error stops the writer; ``check`` raises it on the submitting thread.
+    """
+
+    def __init__(self, name: str = "dlexp-writer") -> None:
+        self.tasks: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.aborted = threading.Event()
+        self.periodic: tuple[float, Callable[[], None]] | None = None
+        self.futures: list[Future] = []
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        """On an error or interrupt, drop what is pending (never stopping a write midway)."""
+        if error is not None:
+            self.abort()
+        else:
+            self.close()
+
+    def render(self, function: str, path: Path, *args, **kwargs) -> Future:
+        """A picture from the helper process (see :func:`render`), cancelled if the writer aborts."""
+        future = render(function, path, *args, **kwargs)
+        self.futures.append(future)
+        return future
+
+    def log_artifact(self, client, run_id: str, picture: Future, artifact_path: str | None = None) -> None:
+        """Log ``picture``'s file on ``run_id`` once it is drawn (in order with the other writes)."""
+        self.submit(lambda: client.log_artifact(run_id, self.wait_for(picture), artifact_path))
+
+    def every(self, seconds: float, task: Callable[[], None]) -> None:
+        self.periodic = (seconds, task)
+
+    def submit(self, task: Callable, *args) -> None:
+        self.tasks.put((task, args))
+
+    def check(self) -> None:
+        """Raise the writer's error, if it had one, where the run can end on it."""
+        if self.error is not None:
+            raise RuntimeError(f"writing to MLflow failed: {self.error}") from self.error
+
+    def wait_for(self, future: Future) -> object:
+        """A picture's result, waiting in short steps so an abort is noticed."""
+        while True:
+            if self.aborted.is_set():
+                future.cancel()
+                raise Aborted
+            try:
+                return future.result(timeout=0.1)
+            except TimeoutError:
+                continue
+
+    def drain(self) -> None:
+        """Wait until everything submitted so far is written; raise the writer's error, if any."""
+        done = threading.Event()
+        self.tasks.put((_MARK, (done,)))
+        while not done.wait(0.1):
+            if not self.thread.is_alive():
+                break
+        self.check()
+
+    def abort(self) -> None:
+        """Drop what is queued, stop after the current write (never mid-write) and wait for that."""
+        self.aborted.set()
+        for future in self.futures:
+            future.cancel()
+        self.tasks.put(None)
+        self.thread.join()
+
+    def close(self) -> None:
+        self.tasks.put(None)
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                timeout = self.periodic[0] if self.periodic else None
+                item = self.tasks.get(timeout=timeout)
+            except queue.Empty:
+                item = (self.periodic[1], ())
+            if item is None or self.aborted.is_set():
+                return
+            task, args = item
+            if task is _MARK:
+                args[0].set()
+                continue
+            if self.error is not None:
+                continue  # stopped at the first error; drain() reports it
+            try:
+                task(*args)
+            except Aborted:
+                return
+            except BaseException as error:  # noqa: BLE001 (reported to the training thread by check())
+                log.debug("background write failed", exc_info=True)
+                self.error = error
