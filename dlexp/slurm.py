@@ -84,11 +84,7 @@ class SlurmLauncher(HydraSlurmLauncher):
         if error is None:
             return job.results()[0]
         state = job.state.split()[0] if job.state else "UNKNOWN"
-        last_line = next((line.strip() for line in reversed(str(error).splitlines())
-                          if line.strip() and not line.startswith(("-", "You can check", "  - "))), "")
-        reason = f"SLURM job {job.job_id} ended {state} without a result"
-        if "has not produced any output" not in last_line:
-            reason += f" ({last_line})"
+        reason = f"SLURM job {job.job_id} ended {state} without a result (log: {job.paths.stderr})"
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
         with open_dict(sweep_config.hydra.job):
             sweep_config.hydra.job.num = num

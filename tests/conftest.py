@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,28 @@ def seed_data() -> Path:
     if not (SEED_DATA / "trainData.txt").is_file():
         pytest.skip(f"course data not found at {SEED_DATA}")
     return SEED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_uri():
+    """A PostgreSQL to create test databases in (tests/service_support.py: CI's, or a private one)."""
+    from service_support import postgres_server
+
+    with postgres_server() as uri:
+        yield uri
+
+
+#: Under this variable (set by .ci/run, which starts the services) a skipped test that needs them fails.
+REQUIRE_SERVICES = "DLEXP_REQUIRE_SERVICES"
+SERVICE_MARKERS = ("cluster", "postgres")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and os.environ.get(REQUIRE_SERVICES) == "1"
+            and any(item.get_closest_marker(name) for name in SERVICE_MARKERS)):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"{REQUIRE_SERVICES}=1 but this test was skipped: {reason}"

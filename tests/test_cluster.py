@@ -1,0 +1,198 @@
+"""Sweeps on a real SLURM cluster (scripts/slurm_cluster.sh) through ``hydra/launcher=slurm``, logging to a
+PostgreSQL-backed tracking server, and what the cluster does to jobs: ``scancel``, a job killed without a
+word (SIGKILL), ``scontrol requeue``. Everything is read back from the server.
+
+The cluster is this machine, so any folder is shared with the node; on a real cluster the sweep folder must
+be on a filesystem every node sees (README, "Parallel and cluster sweeps").
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from service_support import mlflow_server, new_database, require_cluster
+from sweep_support import ROOT, dlexp_env, run_dlexp
+
+pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
+
+#: One CPU and 1 GB a job, so the 2-core node runs two at once.
+SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+         "hydra.launcher.timeout_min=20", "+experiment=spiral", "plots.grid_resolution=20"]
+#: Long enough a job to act on it between its folds: 2 folds one after the other, no early stop.
+LONG = ["trainer.strategy=sequential", "trainer.folds=2", "trainer.patience=100000"]
+
+
+@pytest.fixture(scope="module")
+def server(postgres_admin_uri, tmp_path_factory):
+    require_cluster()
+    folder = tmp_path_factory.mktemp("cluster-server")
+    database = new_database(postgres_admin_uri, "dlexp_test_cluster")
+    with mlflow_server(folder, database, workers=2) as url:
+        yield url
+
+
+def runs(client: MlflowClient, experiment: str) -> dict[str, list]:
+    """The experiment's runs by kind: sweep, job (by job number) and fold (by parent run id)."""
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)
+    kinds: dict[str, list] = {"sweep": [], "job": [], "fold": []}
+    for run in found:
+        tags = run.data.tags
+        kinds["sweep" if tags.get("dlexp.kind") == "sweep" else "fold" if "dlexp.fold" in tags else "job"].append(run)
+    return kinds
+
+
+def slurm_jobs(sweep_dir: Path) -> dict[int, str]:
+    """Hydra job number -> SLURM job id (``ARRAY_TASK``), from submitit's folders."""
+    ids = {}
+    for folder in (sweep_dir / ".submitit").iterdir():
+        if match := re.fullmatch(r"(\d+)_(\d+)", folder.name):
+            ids[int(match.group(2))] = folder.name
+    return ids
+
+
+def start_sweep(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dlexp", *args], cwd=ROOT, env=dlexp_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_first_fold(client: MlflowClient, experiment: str, job: int, timeout: float = 240):
+    """Wait until job ``job`` has a FINISHED fold run (so it is in the middle of its second); its run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get_experiment_by_name(experiment) is not None:
+            kinds = runs(client, experiment)
+            for run in kinds["job"]:
+                if run.data.tags.get("dlexp.sweep_job") == str(job) and any(
+                        fold.info.status == "FINISHED" and fold.data.tags["mlflow.parentRunId"] == run.info.run_id
+                        for fold in kinds["fold"]):
+                    return run
+        time.sleep(0.5)
+    raise AssertionError(f"job #{job} did not finish a fold within {timeout} s")
+
+
+def job_pid(slurm_id: str) -> int:
+    """The process id of the job's Python (its step 0), through SLURM's own process list."""
+    raw = re.search(r"JobId=(\d+)", subprocess.check_output(["scontrol", "show", "job", slurm_id], text=True))
+    listed = subprocess.check_output(["scontrol", "listpids", raw.group(1)], text=True).splitlines()[1:]
+    return next(int(row.split()[0]) for row in listed if row.split()[2] == "0")
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_three_job_sweep_runs_as_a_slurm_array_and_lands_in_the_postgres_server(server, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_dlexp(*SLURM, "trainer.max_epochs=3", "optimizer.lr=0.01,0.003,0.001", f"tracking.uri={server}",
+                       "tracking.experiment_name=cluster3", f"hydra.sweep.dir={sweep_dir}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    ids = slurm_jobs(sweep_dir)  # one array job, one task per Hydra job
+    assert sorted(ids) == [0, 1, 2] and len({slurm_id.split("_")[0] for slurm_id in ids.values()}) == 1
+    accounted = subprocess.check_output(["sacct", "-n", "-X", "-P", "-o", "JobID", "-j", ids[0].split("_")[0]],
+                                        text=True).split()
+    assert sorted(accounted) == sorted(ids.values())  # SLURM ran them (its accounting may lag their end)
+
+    client = MlflowClient(server)
+    kinds = runs(client, "cluster3")
+    assert len(kinds["sweep"]) == 1 and kinds["sweep"][0].info.status == "FINISHED"
+    sweep = kinds["sweep"][0]
+    assert sorted(run.data.tags["dlexp.sweep_job"] for run in kinds["job"]) == ["0", "1", "2"]
+    assert {run.info.status for run in kinds["job"]} == {"FINISHED"}
+    assert {run.data.tags["mlflow.parentRunId"] for run in kinds["job"]} == {sweep.info.run_id}
+    for job in kinds["job"]:
+        folds = [f for f in kinds["fold"] if f.data.tags["mlflow.parentRunId"] == job.info.run_id]
+        assert len(folds) == 5 and {f.info.status for f in folds} == {"FINISHED"}
+        assert all(len(client.get_metric_history(f.info.run_id, "val_loss")) == 3 for f in folds)
+    assert sweep.data.metrics["jobs_finished"] == 3
+    assert (sweep_dir / "sweep_jobs.csv").read_text().count(",FINISHED,") == 3
+
+    # Pictures come back through the server's artifact API (the jobs sent them over HTTP).
+    job = kinds["job"][0]
+    fold = next(f for f in kinds["fold"] if f.data.tags["mlflow.parentRunId"] == job.info.run_id)
+    pictures = [(job.info.run_id, "plots/loss_curves.png"), (job.info.run_id, "plots/decision_boundary_test.png"),
+                (fold.info.run_id, "loss_curve.png")]
+    for run_id, path in pictures:
+        query = urllib.parse.urlencode({"path": path, "run_uuid": run_id})
+        with urllib.request.urlopen(f"{server}/get-artifact?{query}", timeout=30) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_scancel_ends_the_job_killed_a_silent_death_fails_it_and_the_rerun_runs_only_those(server, tmp_path):
+    # Job 0 finishes at once; job 1 is cancelled with scancel and job 2 SIGKILLed, each after its first fold.
+    command = [*SLURM, *LONG, "trainer.max_epochs=3,400,401", f"tracking.uri={server}",
+               "tracking.experiment_name=faults"]
+    client = MlflowClient(server)
+    sweep = start_sweep(*command, f"hydra.sweep.dir={tmp_path}/sweep")
+    try:
+        wait_for_first_fold(client, "faults", 1)
+        subprocess.run(["scancel", slurm_jobs(tmp_path / "sweep")[1]], check=True)
+        wait_for_first_fold(client, "faults", 2)
+        subprocess.run(["kill", "-KILL", str(job_pid(slurm_jobs(tmp_path / "sweep")[2]))], check=True)
+        _, stderr = sweep.communicate(timeout=240)  # never hangs on the dead job
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 2, stderr[-3000:]
+    errors = error_lines(stderr)
+    assert len(errors) == 2, stderr[-3000:]  # one line per failed job, no traceback
+    assert errors[0].startswith("error: job #1 (") and "ended CANCELLED" in errors[0]
+    assert errors[1].startswith("error: job #2 (") and "ended FAILED" in errors[1]
+    assert "Traceback" not in stderr
+
+    kinds = runs(client, "faults")
+    jobs = {int(run.data.tags["dlexp.sweep_job"]): run for run in kinds["job"]}
+    assert {num: run.info.status for num, run in jobs.items()} == {0: "FINISHED", 1: "KILLED", 2: "FAILED"}
+    for num in (1, 2):  # the fold each finished is kept with all its metrics (a fold's run is made at its end)
+        folds = [f for f in kinds["fold"] if f.data.tags["mlflow.parentRunId"] == jobs[num].info.run_id]
+        assert [f.info.status for f in folds] == ["FINISHED"]
+        assert len(client.get_metric_history(folds[0].info.run_id, "val_loss")) == 400 + num - 1
+    assert "RUNNING" not in {run.info.status for run in client.search_runs(
+        [client.get_experiment_by_name("faults").experiment_id], max_results=1000)}
+    table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text()
+    assert [row.split(",")[2] for row in table.splitlines()[1:]] == ["FINISHED", "KILLED", "FAILED"]
+
+    # The same command again: job 0 is reused, jobs 1 and 2 run again and finish.
+    rerun = run_dlexp(*command, f"hydra.sweep.dir={tmp_path}/again", timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rows = [row.split(",") for row in (tmp_path / "again" / "sweep_jobs.csv").read_text().splitlines()[1:]]
+    assert [(row[2], row[3]) for row in rows] == [("FINISHED", "True"), ("FINISHED", "False"), ("FINISHED", "False")]
+    assert len(runs(client, "faults")["sweep"]) == 1  # the same sweep run, resumed
+
+
+def test_a_requeued_job_finishes_on_its_second_attempt_and_its_first_ends_killed(server, tmp_path):
+    sweep = start_sweep(*SLURM, *LONG, "trainer.max_epochs=3,400", f"tracking.uri={server}",
+                        "tracking.experiment_name=requeue", f"hydra.sweep.dir={tmp_path}/sweep")
+    client = MlflowClient(server)
+    try:
+        first = wait_for_first_fold(client, "requeue", 1)
+        slurm_id = slurm_jobs(tmp_path / "sweep")[1]
+        subprocess.run(["scontrol", "requeue", slurm_id], check=True)
+        # SLURM holds a requeued job for a while (BeginTime); let it start as soon as it is pending.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = subprocess.run(["squeue", "-h", "-j", slurm_id, "-o", "%T"], capture_output=True, text=True)
+            if state.stdout.strip() == "PENDING":
+                subprocess.run(["scontrol", "update", f"JobId={slurm_id}", "StartTime=now"], check=True)
+                break
+            time.sleep(1)
+        _, stderr = sweep.communicate(timeout=300)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, stderr[-3000:]
+    attempts = [run for run in runs(client, "requeue")["job"] if run.data.tags["dlexp.sweep_job"] == "1"]
+    assert sorted(run.info.status for run in attempts) == ["FINISHED", "KILLED"]
+    assert next(run for run in attempts if run.info.status == "KILLED").info.run_id == first.info.run_id
+    finished = next(run for run in attempts if run.info.status == "FINISHED")
+    assert client.get_run(first.info.run_id).data.tags["dlexp.error"] == "Interrupted: stopped by SIGTERM"
+    table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[2] for row in table] == ["FINISHED", "FINISHED"]
+    assert table[1].split(",")[4] == finished.info.run_id
+    assert runs(client, "requeue")["sweep"][0].info.status == "FINISHED"
