@@ -61,8 +61,19 @@ def main(cfg: DictConfig) -> float:
 GC_THRESHOLDS = (50_000, 50, 10)
 
 
+def register_search_sweeper() -> None:
+    """Hydra finds plugins by scanning the ``hydra_plugins`` package, which misses ours in an editable install
+    (``pip install -e .``): register dlexp's search sweeper (``hydra/sweeper=search``) the documented way."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.dlexp_search.dlexp_search import SearchSweeper
+
+    Plugins.instance().register(SearchSweeper)
+
+
 if __name__ == "__main__":
     gc.set_threshold(*GC_THRESHOLDS)
+    register_search_sweeper()
     try:
         main()
     except KeyboardInterrupt as interrupt:  # a sweep's own process (a job reports its own, in main)

@@ -259,3 +259,72 @@ def test_dependencies_have_current_optuna_and_no_hydra_optuna_sweeper():
     check = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
     # dlexp's own requirements come from its installed metadata: reinstall (pip install -e .) after a change.
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+class FakeTrial:
+    """Records what a reporter tells its trial; prunes when told to."""
+
+    number = 7
+
+    def __init__(self, prune_at: int | None = None) -> None:
+        self.reports: list[tuple[float, int]] = []
+        self.prune_at = prune_at
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((value, step))
+
+    def should_prune(self) -> bool:
+        return self.reports[-1][1] == self.prune_at
+
+
+def fold_result(fold: int, best_val_acc: float, best_val_loss: float):
+    import torch
+
+    from dlexp.training import FoldResult
+
+    return FoldResult(fold=fold, train_indices=torch.arange(2), val_indices=torch.arange(2),
+                      best_val_acc=best_val_acc, best_val_loss=best_val_loss)
+
+
+def test_reporter_reports_each_fold_one_by_one_and_every_few_epochs_across_running_folds():
+    from dlexp.search.pruning import TrialReporter
+
+    trial = FakeTrial()
+    reporter = TrialReporter(trial, maximise=True, report_every=2)
+    for fold, best in ((1, 0.5), (2, 0.7)):
+        reporter.fold_start(fold)
+        for epoch in (1, 2, 3):
+            reporter.epoch_end(fold, epoch, {"val_acc": 0.1 * epoch, "val_loss": 1.0})
+        reporter.fold_end(fold_result(fold, best, 1.0))
+    assert trial.reports == [(0.5, 1), (pytest.approx(0.6), 2)]  # the mean of the folds done
+
+    trial = FakeTrial()
+    reporter = TrialReporter(trial, maximise=False, report_every=2)  # minimising: the validation loss
+    reporter.fold_start(1)
+    reporter.fold_start(2)
+    for epoch in (1, 2, 3, 4):
+        reporter.epoch_end(1, epoch, {"val_acc": 0.0, "val_loss": 1.0 / epoch})
+        if epoch <= 2:
+            reporter.epoch_end(2, epoch, {"val_acc": 0.0, "val_loss": 3.0 - epoch})
+        if epoch == 2:
+            reporter.fold_end(fold_result(2, 0.0, 1.0))  # fold 2 stops early; its best loss stays in the mean
+    assert trial.reports == [(pytest.approx((0.5 + 1.0) / 2), 2), (pytest.approx((0.25 + 1.0) / 2), 4)]
+
+    reporter = TrialReporter(FakeTrial(prune_at=1), maximise=True, report_every=2)
+    reporter.fold_start(1)
+    with pytest.raises(optuna.TrialPruned, match="trial 7 pruned after fold 1"):
+        reporter.fold_end(fold_result(1, 0.2, 1.0))
+
+
+def test_a_trial_that_cannot_reach_its_study_trains_without_pruning(tmp_path, caplog):
+    import json
+
+    from dlexp.search.pruning import trial_hooks
+    from dlexp.training import NO_HOOKS
+
+    (tmp_path / "search.json").write_text(json.dumps({
+        "storage": f"sqlite:///{tmp_path}/optuna.db", "study": "missing", "report_every": 10,
+        "pruner": {"_target_": "optuna.pruners.MedianPruner"}, "trials": {"3": 3}}))
+    assert trial_hooks(tmp_path, 3) is NO_HOOKS
+    assert "trial 3: cannot reach the study missing" in caplog.text
+    assert trial_hooks(tmp_path, 4) is NO_HOOKS  # not a trial of this search

@@ -71,9 +71,19 @@ class TrialReporter(TrainingHooks):
 
     def report(self, value: float, step: int, where: str) -> None:
         import optuna
+        from sqlalchemy.exc import SQLAlchemyError
 
-        self.trial.report(value, step)
-        if self.trial.should_prune():
+        if self.trial is None:
+            return
+        try:
+            self.trial.report(value, step)
+            prune = self.trial.should_prune()
+        except SQLAlchemyError as error:  # the study's database is out of reach: train on, unpruned
+            log.warning("trial %d: cannot report to the study (%s); it trains on without pruning",
+                        self.trial.number, str(error).splitlines()[0])
+            self.trial = None
+            return
+        if prune:
             raise optuna.TrialPruned(f"trial {self.trial.number} pruned after {where}: "
                                      f"intermediate score {value:.4f}")
 
@@ -91,14 +101,18 @@ def trial_hooks(sweep_dir: Path, job_num: int) -> TrainingHooks:
     from dlexp.search.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(handoff["storage"])
-    pruner = instantiate(handoff["pruner"])
-    study = optuna.load_study(study_name=handoff["study"], storage=storage, pruner=pruner,
-                              sampler=optuna.samplers.RandomSampler())
     number = int(handoff["trials"][str(job_num)])
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(handoff["study"]), number)
-    trial = optuna.trial.Trial(study, trial_id)
+    try:
+        storage = open_storage(handoff["storage"])
+        study = optuna.load_study(study_name=handoff["study"], storage=storage, pruner=instantiate(handoff["pruner"]),
+                                  sampler=optuna.samplers.RandomSampler())
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(handoff["study"]), number)
+        trial = optuna.trial.Trial(study, trial_id)
+    except Exception as error:  # a trial that cannot reach its study still trains and returns its score
+        log.warning("trial %d: cannot reach the study %s (%s); it trains without pruning", number,
+                    handoff["study"], str(error).strip().splitlines()[0] if str(error).strip() else error)
+        return NO_HOOKS
     return TrialReporter(trial, study.direction == optuna.study.StudyDirection.MAXIMIZE,
                          int(handoff["report_every"]))
 

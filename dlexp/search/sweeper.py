@@ -60,11 +60,12 @@ class SearchSweeperImpl(Sweeper):
             if not space.distributions:
                 raise DlexpError("hydra.sweeper.params: nothing to search; give ranges such as "
                                  "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
+            pruner = self.pruner_spec()
             study = self.open_study()
         except DlexpError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
-        returns = self.run_trials(study, space)
+        returns = self.run_trials(study, space, pruner)
         from dlexp.search.report import report_search
 
         report_search(study, self.storage_url, space, self.sweep_dir, self.config)
@@ -140,16 +141,11 @@ class SearchSweeperImpl(Sweeper):
 
     # -- the trials -------------------------------------------------------------------------------------
 
-    def run_trials(self, study, space: SearchSpace) -> list[JobReturn]:
+    def run_trials(self, study, space: SearchSpace, pruner: dict[str, Any] | None) -> list[JobReturn]:
         """Ask, launch and tell in batches of ``n_jobs`` until ``n_trials`` trials are done (in total,
         over every run of the same command) or ``max_failures`` trials failed."""
         from optuna.trial import TrialState
 
-        try:
-            pruner = self.pruner_spec()
-        except DlexpError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
         handoff = {"storage": self.storage_url, "study": study.study_name, "pruner": pruner,
                    "report_every": self.report_every, "trials": {}}
         returns: list[JobReturn] = []
