@@ -6,15 +6,14 @@ from __future__ import annotations
 import html
 import json
 import re
-import subprocess
 import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
-from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store
+from sweep_support import ROOT, TINY, run_dlexp, runs_by_kind, sqlite_store
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from ui_screenshot import find_chromium  # noqa: E402
+from ui_screenshot import find_chromium, mlflow_server, page_url, render  # noqa: E402
 
 EXPERIMENT = "ui"
 JOB_NAMES = {"lr=0.01 hidden_dims=[64,32]", "lr=0.01 hidden_dims=[16]",
@@ -88,20 +87,14 @@ def test_every_line_of_a_parallel_sweeps_job_says_which_job(sweep):
 
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium here to render MLflow's UI (apt-get install chromium)")
 def test_mlflow_ui_opens_on_the_runs_table_with_names_that_tell_runs_apart(sweep, tmp_path):
-    """Rendered by MLflow 3.17's own JavaScript in headless Chromium, through scripts/ui_screenshot.py."""
-    def rendered(*options: str) -> str:
-        dom = tmp_path / "page.html"
-        result = subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "ui_screenshot.py"), "--store", sweep["uri"],
-             "--experiment", EXPERIMENT, "--dom", str(dom), *options],
-            cwd=ROOT, env=dlexp_env(), capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return html.unescape(dom.read_text())
-
-    sweep_name = runs_by_kind(sweep["client"], EXPERIMENT)[0][0].info.run_name
-    page = rendered()  # the link dlexp prints: the runs table, the sweep on top with its jobs folded in
-    assert "Run Name" in page and sweep_name in page
+    """Rendered by MLflow 3.17's own JavaScript in headless Chromium, as scripts/ui_screenshot.py does."""
+    sweep_run = runs_by_kind(sweep["client"], EXPERIMENT)[0][0]
+    experiment_id = sweep_run.info.experiment_id
+    with mlflow_server(sweep["uri"], str(tmp_path / "served")) as base:
+        page = html.unescape(render(page_url(base, experiment_id)))  # the link dlexp prints
+        flat = html.unescape(render(page_url(base, experiment_id, flat=True)))  # every run unnested
+    # The runs table, not the GenAI pages ("No data available"), with the sweep on top, its jobs folded in.
+    assert "Run Name" in page and sweep_run.info.run_name in page
     assert "No data available" not in page
-    flat = rendered("--flat")  # every run unnested: each job and fold by its own name
-    for name in JOB_NAMES:
+    for name in JOB_NAMES:  # each job and fold by its own name
         assert name in flat and f"fold 1 of {name}" in flat and f"fold 2 of {name}" in flat
