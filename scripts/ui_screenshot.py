@@ -125,20 +125,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="a run id: its page instead of the runs table")
     parser.add_argument("--tab", help="with --run: a tab of its page and a path in it, e.g. artifacts/sweep_jobs.json")
     parser.add_argument("--flat", action="store_true", help="list every run unnested (sorted by name)")
-    parser.add_argument("--out", type=Path, default=Path("mlflow_ui.png"), help="PNG to write")
-    parser.add_argument("--dom", type=Path, help="also write the rendered page's HTML here")
+    parser.add_argument("--out", type=Path, help="PNG to write (default: mlflow_ui.png, unless --dom alone)")
+    parser.add_argument("--dom", type=Path, help="write the rendered page's HTML here")
     parser.add_argument("--size", default="1600,1000", help="window size WIDTH,HEIGHT")
     args = parser.parse_args(argv)
+    if args.out is None and args.dom is None:
+        args.out = Path("mlflow_ui.png")
     if find_chromium() is None:
         raise SystemExit("error: no Chromium found; on Debian/Ubuntu: apt-get install chromium")
     experiment_id = experiment_id_of(args.store, args.experiment)
     artifacts = args.artifacts or (str(Path(tempfile.gettempdir()) / "dlexp-ui-artifacts") if args.store else None)
     with mlflow_server(args.store, artifacts) as base:
         url = page_url(base, experiment_id, args.run, args.flat, args.tab)
-        html = render(url, args.out.resolve(), args.size)
+        html = render(url, args.out.resolve() if args.out else None, args.size)
     if args.dom:
         args.dom.write_text(html)
-    print(f"{args.out}: {url.replace(base, 'http://SERVER')}")
+    print(f"{args.out or args.dom}: {url.replace(base, 'http://SERVER')}")
 
 
 if __name__ == "__main__":
