@@ -12,8 +12,11 @@ activation layers, Adam/AdamW, epoch-driven LR schedules and cross-entropy on cl
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,15 +26,41 @@ from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import ACTIVATIONS
 from dlexp.training import NO_HOOKS, EarlyStopping, FoldResult, TrainingDiverged, TrainingHooks, check_finite
 
+log = logging.getLogger(__name__)
+
 ELEMENTWISE_LAYERS = (nn.Flatten, *ACTIVATIONS.values())
 #: Activations whose derivative follows from their output, which get a hand-written backward pass: each
-#: maps to (its function, the gradient through it from its output). ATen's fused backward ops, because
+#: maps to (its function, the gradient through it from its output, ATen's fused op for that gradient).
+#: The fused ops are private torch API, used where they work (:func:`activation_backward`) because
 #: ``g * (out > 0)`` costs 15 µs on a (5, 50, 64) tensor against 2.6 µs for ``threshold_backward``.
 ACTIVATION_OPS = {
-    nn.ReLU: (torch.relu, lambda g, out: torch.ops.aten.threshold_backward(g, out, 0)),
-    nn.Tanh: (torch.tanh, torch.ops.aten.tanh_backward),
-    nn.Sigmoid: (torch.sigmoid, torch.ops.aten.sigmoid_backward),
+    nn.ReLU: (torch.relu, lambda g, out: g * (out > 0), "threshold_backward"),
+    nn.Tanh: (torch.tanh, lambda g, out: g * (1 - out * out), "tanh_backward"),
+    nn.Sigmoid: (torch.sigmoid, lambda g, out: g * out * (1 - out), "sigmoid_backward"),
 }
+#: torch's warning when a scheduler steps and the optimizer's own step() never ran (ours is StackedAdam's).
+SCHEDULER_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
+#: What a private torch API raises where this torch lacks it or cannot run it here.
+PRIVATE_API_ERRORS = (AttributeError, RuntimeError, TypeError, NotImplementedError)
+
+
+def activation_backward(layer_type: type[nn.Module], device: torch.device) -> Callable:
+    """The gradient through an activation from its output: ATen's fused op when it exists in this torch
+    and gives the public formula's result on ``device``, else the public formula."""
+    _, public, name = ACTIVATION_OPS[layer_type]
+    g = torch.tensor([[0.5, -2.0, 1.5]], device=device)
+    out = ACTIVATION_OPS[layer_type][0](torch.tensor([[0.3, -0.7, 0.0]], device=device))
+    try:
+        op = getattr(torch.ops.aten, name)
+        fused = (lambda g, out: op(g, out, 0)) if name == "threshold_backward" else op
+        if torch.allclose(fused(g, out), public(g, out)):
+            return fused
+    except PRIVATE_API_ERRORS as error:
+        log.info("batched training: torch.ops.aten.%s unusable here (%s); using the public formula",
+                 name, error)
+    return public
+
+
 OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
 
 
@@ -101,6 +130,9 @@ class StackedMLP:
             for model in models])
         self.manual_backward = all(type(layer) in ACTIVATION_OPS for layer in self.layers
                                    if not isinstance(layer, nn.Linear | nn.Flatten))
+        device = self.weights.device
+        self.backward_ops = {kind: activation_backward(kind, device) for kind in
+                             {type(layer) for layer in self.layers} & ACTIVATION_OPS.keys()}
 
     def bind(self, weights: torch.Tensor) -> None:
         """Train ``weights`` (one row per running fold) from now on.
@@ -175,7 +207,7 @@ class StackedMLP:
                 if linear:
                     g = torch.bmm(g, self.backward_weights[linear])
             elif not isinstance(layer, nn.Flatten):
-                g = ACTIVATION_OPS[type(layer)][1](g, saved.pop())
+                g = self.backward_ops[type(layer)](g, saved.pop())
         parts.reverse()
         return logits, torch.cat(parts, dim=1)
 
@@ -198,6 +230,9 @@ class StackedAdam:
 
     Same arithmetic as ``torch.optim.Adam``; each row has its own step count, and a step can leave
     some rows out (a fold with no batch left in this epoch) without touching their weights or moments.
+    When every row steps together, torch's own fused kernel does the update (what ``Adam(fused=True)``
+    calls: one call instead of seven ops) where this torch has one that runs on the weights' device;
+    otherwise the same update is written in public tensor operations.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, weights: torch.Tensor) -> None:
@@ -209,6 +244,29 @@ class StackedAdam:
         self.exp_avg = torch.zeros_like(weights)
         self.exp_avg_sq = torch.zeros_like(weights)
         self.steps = [0] * len(weights)
+        self.fused = self.fused_kernel(weights)
+
+    def fused_kernel(self, weights: torch.Tensor) -> Callable | None:
+        """``torch._fused_adam_`` (``_fused_adamw_``), private API, if it exists here and runs on a probe
+        like ``weights`` (device and dtype); else None."""
+        name = "_fused_adamw_" if self.decoupled else "_fused_adam_"
+        kernel = getattr(torch, name, None)
+        if kernel is None or not torch.is_floating_point(weights):
+            log.info("batched training: torch.%s unavailable; Adam in public tensor operations", name)
+            return None
+        probe = [torch.ones(1, 2, dtype=weights.dtype, device=weights.device) for _ in range(4)]
+        try:
+            self.call_fused(kernel, *probe, step=1, lr=1e-3)
+        except PRIVATE_API_ERRORS as error:
+            log.info("batched training: torch.%s fails here (%s); Adam in public tensor operations", name, error)
+            return None
+        return kernel
+
+    def call_fused(self, kernel: Callable, weights, grad, exp_avg, exp_avg_sq, step: int, lr: float) -> None:
+        # As torch.optim.Adam(fused=True) keeps it: the step count a float32 tensor on the params' device.
+        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=weights.device)
+        kernel([weights], [grad], [exp_avg], [exp_avg_sq], [], [step_tensor], lr=lr, beta1=self.beta1,
+               beta2=self.beta2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
 
     def keep(self, rows: list[int]) -> None:
         """Drop every row not in ``rows`` (folds that have stopped)."""
@@ -219,13 +277,9 @@ class StackedAdam:
     @torch.no_grad()
     def step(self, weights: torch.Tensor, grad: torch.Tensor, lr: float, active: list[bool] | None) -> None:
         """Update ``weights`` in place; with ``active`` (a bool per row) the other rows stay untouched."""
-        if active is None and len(set(self.steps)) == 1:
+        if active is None and len(set(self.steps)) == 1 and self.fused is not None:
             self.steps = [n + 1 for n in self.steps]
-            # torch's own fused CPU kernel (what Adam(fused=True) calls): one call instead of seven ops.
-            fused = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
-            fused([weights], [grad], [self.exp_avg], [self.exp_avg_sq], [],
-                  [torch.tensor(float(self.steps[0]))], lr=lr, beta1=self.beta1, beta2=self.beta2,
-                  weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
+            self.call_fused(self.fused, weights, grad, self.exp_avg, self.exp_avg_sq, self.steps[0], lr)
             return
         active = active or [True] * len(self.steps)
         frozen = torch.tensor([not a for a in active], device=weights.device)
@@ -389,8 +443,9 @@ def train_folds_batched(
         if not running:
             break
         if scheduler is not None:
-            optimizer._opt_called = True  # its step is ours: silences torch's "scheduler before optimizer"
-            scheduler.step()
+            with warnings.catch_warnings():  # the optimizer's step is StackedAdam's, which torch cannot see
+                warnings.filterwarnings("ignore", SCHEDULER_ORDER_WARNING, UserWarning)
+                scheduler.step()
 
     for i in running:  # reached max_epochs
         finish(i)

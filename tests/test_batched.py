@@ -34,34 +34,49 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_objects(fold: int, n_features: int, n_classes: int, lr: float, hidden=(16,), step_size: int = 5,
-                 gamma: float = 0.5, activation: str = "relu"):
+def make_objects(fold: int, input_shape: tuple[int, ...], n_classes: int, lr: float, hidden=(16,),
+                 step_size: int = 5, gamma: float = 0.5, activation: str = "relu", optimizer: str = "adam",
+                 weight_decay: float = 0.0):
     torch.manual_seed(100 + fold)
-    model = MLP((n_features,), n_classes, hidden_dims=list(hidden), activation=activation)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model = MLP(input_shape, n_classes, hidden_dims=list(hidden), activation=activation)
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+    optimizer = optimizer_class(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     return model, optimizer, scheduler, ClassificationLoss(nn.CrossEntropyLoss())
 
 
 def train_both(x, y, folds, n_classes, lr, batch_size, max_epochs, patience, hidden=(16,), step_size=5,
-               gamma=0.5, activation="relu"):
+               gamma=0.5, activation="relu", optimizer="adam", weight_decay=0.0):
     """The same folds, initial weights and data orders, trained one by one and batched."""
     folds = [(torch.as_tensor(t), torch.as_tensor(v)) for t, v in folds]
+    settings = (n_classes, lr, hidden, step_size, gamma, activation, optimizer, weight_decay)
     sequential, sequential_models = [], []
     for fold, (train, val) in enumerate(folds, start=1):
-        model, optimizer, scheduler, loss_fn = make_objects(fold, x.shape[1], n_classes, lr, hidden,
-                                                            step_size, gamma, activation)
-        sequential.append(train_fold(fold, model, optimizer, scheduler, loss_fn, x, y, train, val, batch_size,
+        model, optimizer_, scheduler, loss_fn = make_objects(fold, tuple(x.shape[1:]), *settings)
+        sequential.append(train_fold(fold, model, optimizer_, scheduler, loss_fn, x, y, train, val, batch_size,
                                      max_epochs, patience, torch.Generator().manual_seed(fold)))
         sequential_models.append(model)
-    objects = [make_objects(fold, x.shape[1], n_classes, lr, hidden, step_size, gamma, activation)
-               for fold in range(1, len(folds) + 1)]
-    _, optimizer, scheduler, loss_fn = objects[0]
+    objects = [make_objects(fold, tuple(x.shape[1:]), *settings) for fold in range(1, len(folds) + 1)]
+    _, optimizer_, scheduler, loss_fn = objects[0]
     batched_models = [o[0] for o in objects]
-    batched = train_folds_batched(batched_models, optimizer, scheduler, loss_fn, x, y, folds, batch_size,
+    batched = train_folds_batched(batched_models, optimizer_, scheduler, loss_fn, x, y, folds, batch_size,
                                   max_epochs, patience,
                                   [torch.Generator().manual_seed(f) for f in range(1, len(folds) + 1)])
     return sequential, sequential_models, batched, batched_models
+
+
+def assert_same_training(sequential, batched) -> None:
+    """Batched folds stop at the same epochs with the same histories and weights as one-by-one ones."""
+    for seq, bat in zip(sequential, batched, strict=True):
+        assert (bat.epochs_run, bat.best_epoch) == (seq.epochs_run, seq.best_epoch)
+        for key in ("train_loss", "val_loss", "val_acc", "lr"):
+            assert len(bat.history[key]) == bat.epochs_run  # nothing recorded after the fold stopped
+            torch.testing.assert_close(torch.tensor(bat.history[key]), torch.tensor(seq.history[key]),
+                                       rtol=1e-4, atol=1e-5)
+        assert bat.best_val_loss == pytest.approx(seq.best_val_loss, rel=1e-4)
+        assert bat.best_val_loss == min(bat.history["val_loss"])
+        for name, tensor in seq.state_dict.items():
+            torch.testing.assert_close(bat.state_dict[name], tensor, rtol=1e-3, atol=1e-4)
 
 
 @pytest.fixture
@@ -83,16 +98,84 @@ def test_same_early_stopping_as_one_by_one(noisy_folds, activation):
                                            activation=activation)
     epochs = [r.epochs_run for r in sequential]
     assert max(epochs) < 60 and len(set(epochs)) > 1, f"folds should stop at different epochs: {epochs}"
-    for seq, bat in zip(sequential, batched, strict=True):
-        assert (bat.epochs_run, bat.best_epoch) == (seq.epochs_run, seq.best_epoch)
-        for key in ("train_loss", "val_loss", "val_acc", "lr"):
-            assert len(bat.history[key]) == bat.epochs_run  # nothing recorded after the fold stopped
-            torch.testing.assert_close(torch.tensor(bat.history[key]), torch.tensor(seq.history[key]),
-                                       rtol=1e-4, atol=1e-5)
-        assert bat.best_val_loss == pytest.approx(seq.best_val_loss, rel=1e-4)
-        assert bat.best_val_loss == min(bat.history["val_loss"])
-        for name, tensor in seq.state_dict.items():
-            torch.testing.assert_close(bat.state_dict[name], tensor, rtol=1e-3, atol=1e-4)
+    assert_same_training(sequential, batched)
+
+
+@pytest.mark.parametrize(("optimizer", "weight_decay", "activation", "shape"), [
+    ("adamw", 0.05, "relu", (2,)),      # decoupled weight decay
+    ("adam", 0.02, "tanh", (2,)),       # L2 weight decay added to the gradient
+    ("adam", 0.0, "sigmoid", (2,)),
+    ("adam", 0.0, "relu", (2, 1)),      # 2-D inputs: a Flatten layer in front
+], ids=["adamw-decay", "adam-decay", "sigmoid", "flatten"])
+def test_batched_matches_one_by_one_for_what_it_claims(noisy_folds, optimizer, weight_decay, activation,
+                                                        shape):
+    x, y, folds = noisy_folds
+    x = x.view(len(x), *shape)
+    sequential, models, batched, _ = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=60,
+                                                patience=4, activation=activation, optimizer=optimizer,
+                                                weight_decay=weight_decay)
+    assert isinstance(models[0][0], nn.Flatten) == (len(shape) > 1)
+    assert len({r.epochs_run for r in sequential}) > 1  # the folds stop apart: dropping folds is exercised
+    assert_same_training(sequential, batched)
+
+
+class AtenWithout:
+    """``torch.ops.aten`` as a torch without the ``missing`` ops shows it."""
+
+    def __init__(self, aten, missing: set[str]) -> None:
+        self.aten, self.missing = aten, missing
+
+    def __getattr__(self, name: str):
+        if name in self.missing:
+            raise AttributeError(f"'_OpNamespace' 'aten' object has no attribute '{name}'")
+        return getattr(self.aten, name)
+
+
+def failing(*args, **kwargs):
+    raise RuntimeError("no kernel for this device")
+
+
+@pytest.mark.parametrize("how", ["missing", "failing"])
+def test_batched_falls_back_to_public_operations_without_private_torch_apis(noisy_folds, monkeypatch, how):
+    """Another torch (or device) may lack torch._fused_adam(w)_ and the ATen backward ops, or fail in
+    them: batched training then uses public operations and still matches one-by-one training."""
+    for name in ("_fused_adam_", "_fused_adamw_"):
+        if how == "missing":
+            monkeypatch.delattr(torch, name)
+        else:
+            monkeypatch.setattr(torch, name, failing)
+    backward_ops = {"threshold_backward", "tanh_backward", "sigmoid_backward"}
+    if how == "missing":
+        monkeypatch.setattr(torch.ops, "aten", AtenWithout(torch.ops.aten, backward_ops))
+    else:
+        for name in backward_ops:
+            monkeypatch.setattr(torch.ops.aten, name, failing)
+
+    x, y, folds = noisy_folds
+    for activation, optimizer in (("relu", "adamw"), ("tanh", "adam"), ("sigmoid", "adam")):
+        sequential, _, batched, _ = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=60,
+                                               patience=4, activation=activation, optimizer=optimizer,
+                                               weight_decay=0.01)
+        assert_same_training(sequential, batched)
+    from dlexp.batched import ACTIVATION_OPS, StackedAdam, StackedMLP
+
+    model, optimizer, _, _ = make_objects(1, (2,), 3, 0.05, activation="sigmoid", optimizer="adamw")
+    stacked = StackedMLP([model])
+    assert stacked.backward_ops[nn.Sigmoid] is ACTIVATION_OPS[nn.Sigmoid][1]  # the public formula
+    assert StackedAdam(optimizer, stacked.weights).fused is None
+
+
+def test_fused_adam_gets_its_step_count_on_the_parameters_device(monkeypatch):
+    """As torch.optim.Adam(fused=True) does: on CUDA the kernel wants the step tensor beside the params
+    (a CPU step tensor fails there). The meta device stands in for a GPU."""
+    from dlexp.batched import StackedAdam
+
+    calls = []
+    monkeypatch.setattr(torch, "_fused_adam_", lambda params, *args, **kwargs: calls.append(args[4]))
+    weights = torch.zeros(3, 10, device="meta")
+    adam = StackedAdam(torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=0.01), weights)
+    adam.step(weights, torch.zeros_like(weights), 0.01, None)
+    assert [(s.device.type, s.dtype) for s in calls[-1]] == [("meta", torch.float32)]
 
 
 def test_restored_best_weights_reproduce_best_val_loss(noisy_folds):
@@ -201,7 +284,7 @@ def test_a_diverging_fold_is_dropped_and_the_others_finish(noisy_folds):
     y = torch.cat([y, torch.tensor([0])])
     folds = [(torch.as_tensor(t), torch.as_tensor(v)) for t, v in folds]
     folds[1] = (folds[1][0], torch.cat([folds[1][1], torch.tensor([len(y) - 1])]))
-    objects = [make_objects(fold, 2, 3, 0.05, (16,), 5, 0.5, "relu") for fold in (1, 2, 3)]
+    objects = [make_objects(fold, (2,), 3, 0.05, (16,), 5, 0.5, "relu") for fold in (1, 2, 3)]
     results = train_folds_batched([o[0] for o in objects], objects[0][1], objects[0][2], objects[0][3], x, y,
                                   folds, 17, 60, 4, [torch.Generator().manual_seed(f) for f in (1, 2, 3)])
     assert isinstance(results[1].diverged, TrainingDiverged)
