@@ -82,7 +82,13 @@ class SlurmLauncher(HydraSlurmLauncher):
         """The job's own JobReturn, or, for a job that left none, one with NaN after recording why."""
         error = job.exception()  # None, or why there is no result (submitit's multi-line text)
         if error is None:
-            return job.results()[0]
+            returned = job.results()[0]
+            if returned.status == JobStatus.FAILED and type(returned._return_value).__name__ == "UncompletedJobError":
+                # Wall time reached and not requeued (submitit's USR2): the job ended its run FAILED and left
+                # its record; the sweep goes on and lists it at the end.
+                log.error("job #%d (%s): %s", num, " ".join(filter_overrides(overrides)), returned._return_value)
+                returned.status, returned.return_value = JobStatus.COMPLETED, math.nan
+            return returned
         state = job.state.split()[0] if job.state else "UNKNOWN"
         reason = f"SLURM job {job.job_id} ended {state} without a result (log: {job.paths.stderr})"
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
