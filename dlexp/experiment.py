@@ -1,7 +1,9 @@
 """One experiment, start to end: config -> objects -> k-fold training -> evaluation -> MLflow.
 
 ``run_experiment`` is what the ``python -m dlexp`` entrypoint calls for each Hydra job; tests call it
-directly with a composed config.
+directly with a composed config. This file is the story of a run; the details live next to what they are
+about: live fold runs in dlexp.fold_logging, the run's pictures and files in dlexp.run_logging, the headline
+numbers and text in dlexp.summary, progress in dlexp.progress, off-thread work in dlexp.background.
 """
 
 from __future__ import annotations
