@@ -103,8 +103,13 @@ class Writer:
         else:
             self.close()
 
-    def render(self, function: str, path: Path, *args, **kwargs) -> Future:
-        """A picture from the helper process (see :func:`render`), cancelled if the writer aborts."""
+    def render(self, function: str, path: Path, *args, here: bool = False, **kwargs) -> Future:
+        """A picture from the helper process (see :func:`render`), cancelled if the writer aborts; ``here``
+        draws it in this process instead (after training, while the helper draws others)."""
+        if here:
+            future: Future = Future()
+            future.set_result(_render(function, str(path), args, kwargs))
+            return future
         future = render(function, path, *args, **kwargs)
         self.futures.append(future)
         return future

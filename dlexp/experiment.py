@@ -1,7 +1,9 @@
 """One experiment, start to end: config -> objects -> k-fold training -> evaluation -> MLflow.
 
 ``run_experiment`` is what the ``python -m dlexp`` entrypoint calls for each Hydra job; tests call it
-directly with a composed config.
+directly with a composed config. This file is the story of a run; the details live next to what they are
+about: live fold runs in dlexp.fold_logging, the run's pictures and files in dlexp.run_logging, the headline
+numbers and text in dlexp.summary, progress in dlexp.progress, off-thread work in dlexp.background.
 """
 
 from __future__ import annotations
@@ -208,8 +210,9 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         best_model = models[summary["best_fold"] - 1]
         mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
         predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
-        for picture in [*classification_pictures(writer, plot_dir, summary, data, predicted),
-                        *run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid)]:
+        # The helper process draws the run's pictures while this one draws the classification ones.
+        for picture in [*run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid),
+                        *classification_pictures(writer, plot_dir, summary, data, predicted, here=True)]:
             writer.log_artifact(client, run_id, picture, "plots")
         writer.drain()  # every picture is in the store before the model and summary are written
         for path in write_run_files(output_dir, summary, best_model, data):

@@ -50,18 +50,19 @@ def metric_name(text: str) -> str:
 
 
 def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
-                            predicted: torch.Tensor) -> list[Future]:
+                            predicted: torch.Tensor, here: bool = False) -> list[Future]:
     """The reported model on the test set: confusion matrix and per-class accuracy (pictures and metrics),
-    for images the misclassified test images, and for a grouped split the headline ``test_acc_grouped``."""
+    for images the misclassified test images, and for a grouped split the headline ``test_acc_grouped``.
+    ``here``: draw them in this process (see dlexp.background.Writer.render)."""
     y_test = data.y_test.numpy()
     predicted = predicted.numpy()
     title = f"fold {summary['best_fold']} model on the test set: {summary['test_acc']:.1%}"
     per_class = plots.per_class_accuracy(y_test, predicted, data.n_classes)
     pictures = [
         writer.render("plot_confusion_matrix", plot_dir / "confusion_matrix.png", y_test, predicted,
-                      data.class_names, title),
+                      data.class_names, title, here=here),
         writer.render("plot_per_class_accuracy", plot_dir / "per_class_accuracy.png", per_class,
-                      data.class_names, title),
+                      data.class_names, title, here=here),
     ]
     mlflow.log_metrics({f"test_acc_class.{metric_name(name)}": float(acc)
                         for name, acc in zip(data.class_names, per_class, strict=True) if not np.isnan(acc)})
@@ -73,7 +74,7 @@ def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
             "plot_image_grid", plot_dir / "misclassified.png", data.x_test[wrong].numpy(),
             [f"true: {data.class_names[y_test[i]]}\npred: {data.class_names[predicted[i]]}" for i in wrong],
             f"misclassified test images: {int((predicted != y_test).sum())} of {len(y_test)} (first 48)",
-            columns=6))
+            columns=6, here=here))
     return pictures
 
 
