@@ -17,7 +17,7 @@ from dlexp.errors import find_user_error
 from dlexp.interrupts import sigterm_as_interrupt
 from dlexp.sweep import SweepJob
 from dlexp.validation import validate_config
-from dlexp.where import label_job_output, report_run
+from dlexp.where import label_job_output, report_failed_run, report_run
 
 log = logging.getLogger("dlexp")
 
@@ -47,9 +47,11 @@ def main(cfg: DictConfig) -> float:
     except Exception as error:
         if (user_error := find_user_error(error)) is None:
             raise  # a bug: keep its traceback
+        report_failed_run(cfg, output_dir)
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM as Interrupted
+        report_failed_run(cfg, output_dir)
         print(f"interrupted: {str(interrupt) or 'Ctrl-C'}; the MLflow run ended KILLED", file=sys.stderr)
         sys.exit(128 + getattr(interrupt, "signum", signal.SIGINT))
     return summary.get(cfg.tracking.best_metric, float("nan"))

@@ -127,3 +127,13 @@ def report_run(cfg, output_dir: str | Path, job_num: int | None = None) -> None:
         log.info("%s", run_report(Path(output_dir), run, experiment.name, str(tracking.uri)))
     else:
         log.info("%s", job_report(job_num, Path(output_dir), run))
+
+
+def report_failed_run(cfg, output_dir: str | Path) -> None:
+    """After a failed or interrupted single run: where it went, if it got as far as a run (its folder then
+    holds FAILED.txt). A run stopped before that touched no store, and this does not touch one either."""
+    if (Path(output_dir) / "FAILED.txt").exists():
+        try:
+            report_run(cfg, output_dir)
+        except Exception as error:  # the error being reported matters more than this
+            log.debug("no closing lines: %s", error)

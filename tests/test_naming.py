@@ -120,3 +120,20 @@ def test_a_single_run_ends_with_where_its_results_are_and_names_its_runs(tmp_pat
         "?workflowType=machine_learning",
     ]
     assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_a_run_that_fails_still_says_where_it_went_and_ends_with_its_error(tmp_path):
+    result = run_dlexp(*TINY, "optimizer.lr=1e30", *sqlite_store(tmp_path))  # training diverges: a user error
+    assert result.returncode == 2, result.stderr[-3000:]
+    _, jobs, _ = runs_by_kind(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), "spiral")
+    assert [job.info.status for job in jobs] == ["FAILED"]
+    assert "results of this run (FAILED):" in result.stdout
+    assert f"  run folder: {tmp_path}/run" in result.stdout and f"/runs/{jobs[0].info.run_id}?" in result.stdout
+    assert result.stderr.splitlines()[-1].startswith("error: fold 1: train loss is")
+
+
+def test_a_run_stopped_before_its_run_started_touches_no_store(tmp_path):
+    result = run_dlexp(*TINY, f"dataset.train_path={tmp_path}/missing.txt", *sqlite_store(tmp_path))
+    assert result.returncode == 2
+    assert "results of this run" not in result.stdout
+    assert not (tmp_path / "mlflow.db").exists()
