@@ -235,8 +235,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name, **job_tags(cfg), **(extra_tags or {})}
-    if hasattr(data, "split_note"):
-        tags["dlexp.split"] = data.split_note()
+    if (split_note := data.split_note()) is not None:
+        tags["dlexp.split"] = split_note
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     with mlflow_run(cfg.tracking.run_name or data.name, tags=tags, failure_file=output_dir / "FAILED.txt"):
