@@ -167,8 +167,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name, **job_tags(cfg), **(extra_tags or {})}
-    if hasattr(data, "split_note"):
-        tags["dlexp.split"] = data.split_note()
+    if (split_note := data.split_note()) is not None:
+        tags["dlexp.split"] = split_note
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
     plot_dir = output_dir / "plots"

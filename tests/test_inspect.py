@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_config
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from dlexp.errors import DlexpError
@@ -73,15 +75,30 @@ def test_mlp_parameter_count_formula_matches_inspection(widths):
 
 
 def test_inspect_default_cnn_config_on_images():
-    """conf/model/cnn.yaml's stack: 3 conv blocks with padding 1 and pool 2 halve 64 px three times."""
-    net = ConvNet((3, 64, 64), 3, channels=[16, 32, 64], kernel_sizes=3, strides=1, paddings=1, pool=2,
-                  hidden_dims=[64], dropout=0.2)
-    stats = summarize_model(net, (3, 64, 64))
-    shapes = [row.output_size for row in stats.summary_list if row.class_name == "MaxPool2d"]
-    assert shapes == [[1, 16, 32, 32], [1, 32, 16, 16], [1, 64, 8, 8]]
-    conv_params = 16 * (3 * 9 + 1) + 32 * (16 * 9 + 1) + 64 * (32 * 9 + 1)
-    dense_params = 64 * 8 * 8 * 64 + 64 + 64 * 3 + 3
-    assert stats.total_params == conv_params + dense_params == sum(p.numel() for p in net.parameters())
+    """conf/model/cnn.yaml as the insects experiment composes it (read from the files, not copied here), on
+    its image size: each conv block's output shape and the parameter count follow from the file's values."""
+    cfg = compose_config(["+experiment=insects"])
+    model = cfg.model
+    assert model._target_ == "dlexp.models.cnn.ConvNet"
+    height, width = cfg.dataset.image_size
+    net = instantiate(model, input_shape=(3, height, width), num_classes=3)
+    stats = summarize_model(net, (3, height, width))
+
+    kernel, stride, padding, pool = model.kernel_sizes, model.strides, model.paddings, model.pool
+    assert all(isinstance(v, int) for v in (kernel, stride, padding, pool)), "extend this test for per-layer lists"
+    channels_in, params, shapes = 3, 0, []
+    for channels in model.channels:  # conv arithmetic, then the pool
+        height = ((height + 2 * padding - kernel) // stride + 1) // pool
+        width = ((width + 2 * padding - kernel) // stride + 1) // pool
+        params += channels * (channels_in * kernel * kernel + 1)
+        shapes.append([1, channels, height, width])
+        channels_in = channels
+    widths = [channels_in * height * width, *model.hidden_dims, 3]
+    params += sum(n_in * n_out + n_out for n_in, n_out in pairwise(widths))
+    block_ends = [row.output_size for row in stats.summary_list
+                  if row.class_name == ("MaxPool2d" if pool > 1 else "Conv2d")]
+    assert block_ends == shapes
+    assert stats.total_params == params == sum(p.numel() for p in net.parameters())
 
 
 def test_inspect_keeps_the_model_on_its_device_and_mode():

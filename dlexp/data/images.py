@@ -23,6 +23,7 @@ from dlexp.data.image_dataset import CsvImageDataset
 from dlexp.data.image_source import ImageSource
 from dlexp.data.image_table import has_column, read_image_table
 from dlexp.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, augmentation
+from dlexp.data.protocol import ExperimentData
 from dlexp.errors import DlexpError
 from dlexp.splits import holdout_indices
 
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ImageData:
-    """Decoded images split into train and test, with the interface of ``PointData``.
+class ImageData(ExperimentData):
+    """Decoded images split into train and test; fulfils :class:`dlexp.data.protocol.ExperimentData`.
 
     ``x_train``/``x_test`` are uint8 ``N x 3 x H x W``; models see them through ``train_transform``
     (augmentation + normalisation) and ``eval_transform`` (normalisation). ``groups`` holds the training

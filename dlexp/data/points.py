@@ -9,12 +9,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlexp.data.protocol import ExperimentData, Transform
 from dlexp.errors import DlexpError
 
 
 @dataclass
-class PointData:
-    """Train and test points with class indices; ``class_names[i]`` is the label that index ``i`` came from."""
+class PointData(ExperimentData):
+    """Train and test points with class indices; ``class_names[i]`` is the label that index ``i`` came from.
+
+    Fulfils :class:`dlexp.data.protocol.ExperimentData`: points have no groups and go into the model as
+    they are (no transforms).
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -22,6 +27,9 @@ class PointData:
     y_test: torch.Tensor
     class_names: list[str]
     name: str = "points"
+    groups: np.ndarray | None = None
+    train_transform: Transform | None = None
+    eval_transform: Transform | None = None
 
     @property
     def n_features(self) -> int:
@@ -34,6 +42,17 @@ class PointData:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def grouped(self) -> bool:
+        return self.groups is not None
+
+    def describe(self) -> str:
+        return (f"dataset {self.name}: {len(self.y_train)} train / {len(self.y_test)} test points, "
+                f"{self.n_features} features, {self.n_classes} classes")
+
+    def split_note(self) -> str | None:
+        return None
 
 
 def read_point_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
