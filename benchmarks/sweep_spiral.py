@@ -103,6 +103,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, (command, terminal, cwd) in commands.items():
                 rows.setdefault(name, []).append(run(command, terminal, cwd))
+                print(f"  {name}: {rows[name][-1]:.2f} s (load {os.getloadavg()[0]:.2f})", file=sys.stderr,
+                      flush=True)
                 if "progress" in name:
                     folder = store / (("bee_" if "bee" in name else "spiral_") + ("on" if terminal else "of"))
                     rows.setdefault(name + ", training s", []).append(last_train_seconds(folder))

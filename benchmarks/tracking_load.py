@@ -27,13 +27,16 @@ from pathlib import Path
 HISTORY = ("train_loss", "val_loss", "val_acc", "lr")
 
 
-def one_job(uri: str, experiment_id: str, job: int, folds: int, epochs: int) -> dict:
-    """Log one job; returns its run ids and the number of requests it made (or the error it met)."""
+def one_job(uri: str, experiment_id: str, job: int, folds: int, epochs: int, ready) -> dict:
+    """Log one job; returns its run ids, the number of requests it made (or the error it met) and when
+    it started and stopped logging (after every job's process is up: ``ready`` is a barrier)."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     requests = 0
+    ready.wait()
+    started = time.time()
     try:
         run_id = client.create_run(experiment_id, tags={"load.job": str(job)}).info.run_id
         fold_ids = []
@@ -54,9 +57,11 @@ def one_job(uri: str, experiment_id: str, job: int, folds: int, epochs: int) -> 
         client.log_batch(run_id, metrics=[Metric("val_acc_mean", 0.9, int(time.time() * 1000), 0)])
         client.set_terminated(run_id)
         requests += 4
-        return {"job": job, "run_id": run_id, "fold_ids": fold_ids, "requests": requests, "error": None}
+        return {"job": job, "run_id": run_id, "fold_ids": fold_ids, "requests": requests, "error": None,
+                "started": started, "stopped": time.time()}
     except Exception as error:  # counted, not raised: the report says what failed
-        return {"job": job, "run_id": None, "fold_ids": [], "requests": requests, "error": repr(error)[:300]}
+        return {"job": job, "run_id": None, "fold_ids": [], "requests": requests, "error": repr(error)[:300],
+                "started": started, "stopped": time.time()}
 
 
 def measure(uri: str, jobs: int = 8, folds: int = 5, epochs: int = 50, timeout: float = 900) -> dict:
@@ -69,11 +74,11 @@ def measure(uri: str, jobs: int = 8, folds: int = 5, epochs: int = 50, timeout: 
     client = MlflowClient(uri)
     experiment_id = client.create_experiment(f"load-{uuid.uuid4().hex[:8]}")
     context = multiprocessing.get_context("spawn")  # fresh clients, as separate jobs have
-    with context.Pool(jobs) as pool:
-        started = time.perf_counter()
-        results = pool.starmap_async(one_job, [(uri, experiment_id, job, folds, epochs)
+    with context.Manager() as manager, context.Pool(jobs) as pool:
+        ready = manager.Barrier(jobs)  # the clock starts when every job is up and logs at once
+        results = pool.starmap_async(one_job, [(uri, experiment_id, job, folds, epochs, ready)
                                                for job in range(jobs)]).get(timeout)
-        seconds = time.perf_counter() - started
+    seconds = max(r["stopped"] for r in results) - min(r["started"] for r in results)
     lost = 0
     for result in results:
         for fold_id in result["fold_ids"]:

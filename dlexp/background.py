@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_registered = False
 
 
 def _start_helper() -> None:
@@ -51,12 +52,17 @@ def _shutdown() -> None:
 
 def picture_pool() -> ProcessPoolExecutor:
     """The helper process (started on first use; fresh Python, so no torch or MLflow state is copied)."""
-    global _pool
+    global _pool, _registered
     with _pool_lock:
+        if _pool is not None and getattr(_pool, "_broken", False):  # the helper died: the next run gets a new one
+            _pool.shutdown(wait=False, cancel_futures=True)
+            _pool = None
         if _pool is None:
             _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_start_helper)
-            atexit.register(_shutdown)
+            if not _registered:
+                atexit.register(_shutdown)
+                _registered = True
         return _pool
 
 
@@ -127,7 +133,8 @@ class Writer:
     def check(self) -> None:
         """Raise the writer's error, if it had one, where the run can end on it."""
         if self.error is not None:
-            raise RuntimeError(f"writing to MLflow failed: {self.error}") from self.error
+            raise RuntimeError(f"drawing or logging the run's pictures and metrics failed: "
+                               f"{type(self.error).__name__}: {self.error}") from self.error
 
     def wait_for(self, future: Future) -> object:
         """A picture's result, waiting in short steps so an abort is noticed."""

@@ -131,8 +131,7 @@ def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, 
             train_idx, val_idx,
             batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
             generator=generators[fold - 1], min_delta=trainer.min_delta,
-            train_transform=getattr(data, "train_transform", None),
-            eval_transform=getattr(data, "eval_transform", None), hooks=hooks,
+            train_transform=data.train_transform, eval_transform=data.eval_transform, hooks=hooks,
         )
         yield result, objects.model
 

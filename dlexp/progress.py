@@ -37,7 +37,7 @@ class _Reporter:
     """A bar on a terminal, a log line every ``LOG_SECONDS`` elsewhere; ``show`` is cheap between those."""
 
     def __init__(self, description: str, total: int, unit: str) -> None:
-        self.description, self.total = description, total
+        self.description, self.total, self.unit = description, total, unit
         self.bar = None
         self.last = time.monotonic()
         if on_terminal():
@@ -61,7 +61,9 @@ class _Reporter:
             self.bar.set_postfix_str(text(), refresh=False)
             self.bar.update(done - self.bar.n)
         else:
-            log.info("%s: %d/%d, %s", self.description, done, self.total, text())
+            details = text()
+            log.info("%s: %d/%d %ss%s", self.description, done, self.total, self.unit,
+                     f", {details}" if details else "")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -80,7 +82,7 @@ def track(items: Iterable, total: int, description: str, unit: str,
     try:
         for item in items:
             done += size(item)
-            reporter.show(done, lambda: unit + "s")
+            reporter.show(done, str)
             yield item
     finally:
         reporter.close()

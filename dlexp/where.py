@@ -26,15 +26,20 @@ def is_server(uri: str) -> bool:
 
 def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
     """The UI's page of a run (or of the experiment's runs table), on the server at ``uri`` or on the
-    ``mlflow ui`` that :func:`ui_command` starts."""
+    server that :func:`ui_command` starts."""
     base = uri.rstrip("/") if is_server(uri) else f"http://127.0.0.1:{UI_PORT}"
     page = f"runs/{run_id}" if run_id else "runs"
     return f"{base}/#/experiments/{experiment_id}/{page}?{MODEL_TRAINING_VIEW}"
 
 
 def ui_command(uri: str) -> str | None:
-    """The command that serves MLflow's UI over the store at ``uri``; None for a server (it is the UI)."""
-    return None if is_server(uri) else f"mlflow ui --backend-store-uri {uri} --port {UI_PORT}"
+    """The command that serves MLflow's UI over the store at ``uri``; None for a server (it is the UI).
+
+    dlexp's server rather than ``mlflow ui``: without MLflow's GenAI job runner it starts in a fraction of
+    the time, and on a busy machine ``mlflow ui`` lost worker processes and left pages loading for minutes
+    (seen twice with headless Chromium; ``python -m dlexp.server`` never did).
+    """
+    return None if is_server(uri) else f"python -m dlexp.server --backend-store-uri {uri} --port {UI_PORT}"
 
 
 def open_lines(uri: str, experiment_id: str, run_id: str, width: int) -> list[str]:

@@ -132,8 +132,9 @@ def test_diverging_training_fails_the_run_with_the_reason(tmp_path, store):
     assert "Traceback" not in result.stderr
     client = store["client"]
     runs = client.search_runs([client.get_experiment_by_name("spiral").experiment_id])
-    assert [(r.info.status, r.data.tags["dlexp.error"].split(":")[0]) for r in runs] == [
-        ("FAILED", "TrainingDiverged")]
+    # The job run, and every fold's run (open since its fold started; all 5 folds diverge), FAILED with the reason.
+    assert sorted((r.data.tags.get("dlexp.fold", "job"), r.info.status, r.data.tags["dlexp.error"].split(":")[0])
+                  for r in runs) == [(name, "FAILED", "TrainingDiverged") for name in ("1", "2", "3", "4", "5", "job")]
     assert (run_dir / "FAILED.txt").read_text().startswith("FAILED: TrainingDiverged: fold 1")
     assert not (run_dir / "summary.json").exists() and not (run_dir / "model.pt").exists()
 

@@ -95,7 +95,8 @@ def test_ui_links_open_the_runs_table_of_the_run():
     assert ui_url("sqlite:////s/mlflow.db", "4", "abc") == (
         "http://127.0.0.1:5000/#/experiments/4/runs/abc?workflowType=machine_learning")
     assert ui_url("http://head:5001/", "4") == "http://head:5001/#/experiments/4/runs?workflowType=machine_learning"
-    assert ui_command("sqlite:////s/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////s/mlflow.db --port 5000"
+    assert ui_command("sqlite:////s/mlflow.db") == (
+        "python -m dlexp.server --backend-store-uri sqlite:////s/mlflow.db --port 5000")
     assert ui_command("http://head:5001") is None
 
 
@@ -115,7 +116,7 @@ def test_a_single_run_ends_with_where_its_results_are_and_names_its_runs(tmp_pat
         "results of this run (FINISHED):",
         f"  run folder: {tmp_path}/run",
         f"  MLflow run: '{name}' (id {job.info.run_id}) in experiment 'spiral' of sqlite:///{tmp_path}/mlflow.db",
-        f"  see it:     mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db --port 5000",
+        f"  see it:     python -m dlexp.server --backend-store-uri sqlite:///{tmp_path}/mlflow.db --port 5000",
         f"              then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{job.info.run_id}"
         "?workflowType=machine_learning",
     ]

@@ -65,7 +65,7 @@ def test_a_sweep_ends_with_where_its_results_are_and_its_best_job(sweep):
         f"{sweep['uri']}; its jobs are nested under it",
         f"  best job:     #{best.data.tags['dlexp.sweep_job']} '{best.info.run_name}': val_acc_mean = "
         f"{best.data.metrics['val_acc_mean']:.4f} (MLflow run {best.info.run_id})",
-        f"  see it:       mlflow ui --backend-store-uri {sweep['uri']} --port 5000",
+        f"  see it:       python -m dlexp.server --backend-store-uri {sweep['uri']} --port 5000",
         f"                then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run.info.run_id}"
         "?workflowType=machine_learning",
     ]
