@@ -51,6 +51,7 @@ def server_command(port: int, host: str = LOOPBACK, backend_store_uri: str | Non
     return command
 
 
+AUTH_CACHE_SECONDS = 60
 AUTH_ENVIRONMENT = {"MLFLOW_AUTH_ADMIN_USERNAME": "MLFLOW_TRACKING_USERNAME",
                     "MLFLOW_AUTH_ADMIN_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
 
@@ -72,7 +73,11 @@ def auth_environment(auth_db_uri: str, default_permission: str, environ: dict[st
     config = tempfile.NamedTemporaryFile("w", prefix="dlexp-auth-", suffix=".ini", delete=False)  # noqa: SIM115
     with config:  # read by the server's workers at their start; no secret in it
         config.write(f"[mlflow]\ndefault_permission = {default_permission}\ndatabase_uri = {auth_db_uri}\n"
-                     "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                     "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                     # A password is checked against its slow hash once a minute per worker, not on every
+                     # request (8 jobs logging at once stalled the server); a changed password or a deleted
+                     # user may still get in for up to that minute.
+                     f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n")
     env["MLFLOW_AUTH_CONFIG_PATH"] = config.name
     # Signs the UI's login sessions (CSRF); one per server start unless the operator fixes one.
     env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)

@@ -101,7 +101,7 @@ def test_eight_jobs_logging_at_once_into_postgres_lose_nothing(server, monkeypat
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # also for the job processes it spawns
     from tracking_load import measure
 
-    result = measure(server, jobs=8, folds=5, epochs=10, timeout=300)  # a server stuck on a lock: TimeoutError
+    result = measure(server, jobs=8, folds=5, epochs=10, timeout=600)  # a server stuck on a lock: TimeoutError
     assert result["errors"] == []
     assert result["runs"] == result["runs_finished"] == 8 * (1 + 5)
     assert result["lost_metric_values"] == 0  # 8 jobs x 5 folds x 4 metrics x 10 epochs, each one counted
