@@ -23,8 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Smaller than the course set-up so 6 searches of 30 trials fit in an hour on a shared 2-core machine:
-#: 3 folds, at most 60 epochs; smaller decision-boundary pictures.
-SETUP = ["+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=60", "plots.grid_resolution=30"]
+#: 3 folds, at most 30 epochs; smaller decision-boundary pictures.
+SETUP = ["+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=30", "plots.grid_resolution=30"]
 VARIANTS = {"no pruning": "hydra.sweeper.pruner=none", "median pruner": "hydra.sweeper.pruner=median"}
 
 
