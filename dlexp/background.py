@@ -66,14 +66,26 @@ def picture_pool() -> ProcessPoolExecutor:
         return _pool
 
 
+def helper_possible() -> bool:
+    """False inside a worker of joblib's loky (the parallel launcher): a process it spawns inherits the start
+    method 'loky', which plain multiprocessing does not know. Those jobs already fill the cores; they draw
+    their pictures themselves."""
+    return multiprocessing.get_start_method(allow_none=True) in (None, "fork", "spawn", "forkserver")
+
+
 def render(function: str, path: Path, *args, **kwargs) -> Future:
     """``dlexp.plots.<function>(path, *args, **kwargs)`` in the helper process; the future gives the path."""
+    if not helper_possible():
+        future: Future = Future()
+        future.set_result(_render(function, str(path), args, kwargs))
+        return future
     return picture_pool().submit(_render, function, str(path), args, kwargs)
 
 
 def start_helper() -> None:
     """Start the helper process now, so its imports overlap with the run's own start-up."""
-    picture_pool().submit(int)
+    if helper_possible():
+        picture_pool().submit(int)
 
 
 class Aborted(Exception):
