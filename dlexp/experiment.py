@@ -25,7 +25,7 @@ from dlexp import plots, progress
 from dlexp.background import Writer, start_helper
 from dlexp.batched import batching_obstacle, train_folds_batched
 from dlexp.config import build, build_partial
-from dlexp.data.points import PointData
+from dlexp.data.protocol import ExperimentData
 from dlexp.devices import resolve_device
 from dlexp.errors import DlexpError
 from dlexp.fold_logging import FoldRuns, fold_pictures
@@ -60,7 +60,7 @@ class FoldObjects:
     loss_fn: torch.nn.Module
 
 
-def build_fold_objects(cfg: DictConfig, data: PointData, device: torch.device, seed: int) -> FoldObjects:
+def build_fold_objects(cfg: DictConfig, data: ExperimentData, device: torch.device, seed: int) -> FoldObjects:
     """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
     torch.manual_seed(seed)
     model = build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
@@ -80,14 +80,14 @@ def choose_strategy(requested: str, objects: FoldObjects, data) -> str:
     if requested == "sequential":
         return requested
     obstacle = batching_obstacle(objects.model, objects.optimizer, objects.scheduler, objects.loss_fn)
-    if obstacle is None and getattr(data, "train_transform", None) is not None:
+    if obstacle is None and data.train_transform is not None:
         obstacle = "the data is transformed per batch (image augmentation)"
     if obstacle and requested == "batched":
         raise DlexpError(f"trainer.strategy=batched does not apply here: {obstacle}; use auto or sequential")
     return "sequential" if obstacle else "batched"
 
 
-def train_folds(cfg: DictConfig, data: PointData, folds: list, x: torch.Tensor, y: torch.Tensor,
+def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Tensor, y: torch.Tensor,
                 device: torch.device, strategy: str,
                 hooks: TrainingHooks = NO_HOOKS) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
     """Train every fold with ``trainer.strategy``; yields each fold's result and its model (best weights).
@@ -150,10 +150,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     device = configure_torch(trainer)
-    data: PointData = build("dataset", cfg.dataset)
-    groups = getattr(data, "groups", None)  # image data split by specimen: no specimen in two folds
-    folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, groups)
-    eval_transform = getattr(data, "eval_transform", None)
+    data: ExperimentData = build("dataset", cfg.dataset)
+    # data.groups: image data split by specimen, so no specimen is in two folds
+    folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, data.groups)
+    eval_transform = data.eval_transform
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     grid = (plots.decision_grid([data.x_train, data.x_test], cfg.plots.grid_resolution)

@@ -66,7 +66,7 @@ def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
     ]
     mlflow.log_metrics({f"test_acc_class.{metric_name(name)}": float(acc)
                         for name, acc in zip(data.class_names, per_class, strict=True) if not np.isnan(acc)})
-    if getattr(data, "grouped", False):
+    if data.grouped:
         mlflow.log_metric("test_acc_grouped", summary["test_acc"])
     if len(data.input_shape) == 3:
         wrong = np.flatnonzero(predicted != y_test)[:48]

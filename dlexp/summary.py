@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dlexp.data.protocol import ExperimentData
 from dlexp.training import FoldResult, predict_logits
 
 
@@ -36,12 +37,10 @@ def summarise(results: list[FoldResult], ensemble_acc: float, seconds: float) ->
     }
 
 
-def summary_text(summary: dict, data) -> str:
+def summary_text(summary: dict, data: ExperimentData) -> str:
     folds = ", ".join(f"{fold}: {acc:.1%}" for fold, acc in summary["fold_test_acc"].items())
     return "\n".join([
-        data.describe() if hasattr(data, "describe") else
-        f"dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test points, "
-        f"{data.n_features} features, {data.n_classes} classes",
+        data.describe(),
         f"test accuracy of the reported model (fold {summary['best_fold']}, lowest val loss "
         f"{summary['best_val_loss']:.4f}): {summary['test_acc']:.2%}",
         f"test accuracy of the last fold's model: {summary['test_acc_last_fold']:.2%}",

@@ -49,7 +49,7 @@ def postgres_admin_uri():
 
 #: Under this variable (set by .ci/run, which starts the services) a skipped test that needs them fails.
 REQUIRE_SERVICES = "DLEXP_REQUIRE_SERVICES"
-SERVICE_MARKERS = ("cluster", "postgres")
+SERVICE_MARKERS = ("cluster", "postgres", "browser")
 
 
 @pytest.hookimpl(hookwrapper=True)

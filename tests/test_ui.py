@@ -85,6 +85,7 @@ def test_every_line_of_a_parallel_sweeps_job_says_which_job(sweep):
     assert not any(line.startswith("[job") for line in lines if "[HYDRA]" in line)
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium here to render MLflow's UI (apt-get install chromium)")
 def test_mlflow_ui_opens_on_the_runs_table_with_names_that_tell_runs_apart(sweep, tmp_path):
     """Rendered by MLflow 3.17's own JavaScript in headless Chromium, as scripts/ui_screenshot.py does."""
