@@ -17,7 +17,6 @@ import hashlib
 import json
 import sqlite3
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -315,15 +314,3 @@ def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | No
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-
-
-def log_history(history: Mapping[str, list[float]], run_id: str | None = None) -> None:
-    """Log per-epoch series (``{"val_loss": [...], ...}``, epoch = step + 1) in a few batched calls."""
-    run_id = run_id or mlflow.active_run().info.run_id
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(key, float(value), now, step)
-        for key, values in history.items()
-        for step, value in enumerate(values, start=1)
-    ]
-    MlflowClient().log_batch(run_id, metrics=metrics, synchronous=True)
