@@ -5,23 +5,12 @@ API."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
-from sweep_support import ROOT, TINY, dlexp_env, run_dlexp
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from service_support import mlflow_server
+from sweep_support import TINY, run_dlexp
 
 
 def rest(url: str, path: str, body: dict | None = None, **query) -> dict:
@@ -37,32 +26,8 @@ def rest(url: str, path: str, body: dict | None = None, **query) -> dict:
 def server(tmp_path_factory):
     """The server over a fresh store; always stopped (with its whole process group) at the end."""
     folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dlexp.server", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-         "--artifacts-destination", str(folder / "art")],
-        cwd=ROOT, env=dlexp_env(), stdout=subprocess.DEVNULL, stderr=(folder / "server.log").open("w"),
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.5)
+    with mlflow_server(folder, f"sqlite:///{folder}/mlflow.db") as url:
         yield url, folder
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def search(url: str, experiment_name: str) -> list[dict]:
@@ -109,7 +74,7 @@ def test_experiment_logged_to_the_server_reads_back_through_its_rest_api(server,
         served = json.loads(response.read())
     assert served == json.loads((tmp_path / "run" / "summary.json").read_text())
     assert metrics(job)["test_acc"] == pytest.approx(served["test_acc"])
-    assert list((folder / "art").rglob("summary.json"))  # stored under the server's artifact folder
+    assert list((folder / "artifacts").rglob("summary.json"))  # stored under the server's artifact folder
 
 
 def test_submitit_sweep_jobs_log_to_the_server_under_one_sweep_run(server, tmp_path):
