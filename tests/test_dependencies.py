@@ -30,7 +30,8 @@ def declared() -> tuple[dict[str, Requirement], dict[str, Requirement]]:
 
 def third_party_imports(folder: Path) -> set[str]:
     """Top-level modules imported anywhere under ``folder``, without the standard library and our own."""
-    local = {"dlexp", "conftest", "sweep_support"}
+    local = {"dlexp", "hydra_plugins"} | {path.stem for folder_name in ("tests", "scripts", "benchmarks")
+                                          for path in (ROOT / folder_name).glob("*.py")}
     names = set()
     for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -48,7 +49,8 @@ def distributions(modules: set[str]) -> dict[str, set[str]]:
 
 def test_every_import_of_the_package_is_an_install_requirement():
     install, _ = declared()
-    missing = {m: d for m, d in distributions(third_party_imports(ROOT / "dlexp")).items() if not d & install.keys()}
+    imported = third_party_imports(ROOT / "dlexp") | third_party_imports(ROOT / "hydra_plugins")
+    missing = {m: d for m, d in distributions(imported).items() if not d & install.keys()}
     assert not missing, f"imported by dlexp but not in install_requires: {missing}"
 
 
