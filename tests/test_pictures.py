@@ -16,7 +16,7 @@ from conftest import QUICK, compose_config
 from matplotlib.collections import PathCollection
 from PIL import Image
 
-from dlexp import plots
+from dlexp import background, plots
 from dlexp.data.images import load_image_data
 from dlexp.data.points import load_point_files
 from dlexp.experiment import run_experiment
@@ -28,7 +28,11 @@ MARK = re.compile(r"^(validation|misclassified) \((\d+)\)$")
 
 @pytest.fixture
 def drawn(monkeypatch) -> dict:
-    """Every figure the run saves, by file path relative to its folder: its title, texts and marked points."""
+    """Every figure the run saves, by file path relative to its folder: its title, texts and marked points.
+
+    The pictures are drawn in this process (as in a parallel launcher's worker), not in the helper process,
+    so that the recording sees them."""
+    monkeypatch.setattr(background, "helper_possible", lambda: False)
     figures: dict[str, dict] = {}
     save = plots._save
 
