@@ -71,7 +71,7 @@ def test_a_running_fold_already_has_its_epochs_in_the_store(store, tmp_path):
             time.sleep(0.5)
         assert seen is not None, "no per-epoch metric reached the store while the fold trained"
         fold, job, live_steps = seen
-        assert fold.info.status == "RUNNING" and fold.info.run_name == "fold_1"
+        assert fold.info.status == "RUNNING" and fold.info.run_name.startswith("fold 1 of spiral ")
         assert live_steps == list(range(1, len(live_steps) + 1))
         assert job.data.tags["dlexp.running_fold"] == "1 of 2"
     finally:
