@@ -32,11 +32,11 @@ def logged_table(client, run_id: str, tmp_path) -> list[dict]:
 
 # The two jobs: the one with the lower validation loss is the better one.
 ROWS = [
-    {"job": 0, "overrides": "optimizer.lr=0.5", "status": "FINISHED", "reused": False, "run_id": "a",
+    {"job": 0, "name": "lr=0.5", "overrides": "optimizer.lr=0.5", "status": "FINISHED", "reused": False, "run_id": "a",
      "error": None, "best_val_loss": 1.5481, "val_acc_mean": 0.41},
-    {"job": 1, "overrides": "optimizer.lr=0.01", "status": "FINISHED", "reused": False, "run_id": "b",
+    {"job": 1, "name": "lr=0.01", "overrides": "optimizer.lr=0.01", "status": "FINISHED", "reused": False, "run_id": "b",
      "error": None, "best_val_loss": 0.1409, "val_acc_mean": 0.97},
-    {"job": 2, "overrides": "optimizer.lr=9", "status": "FAILED", "reused": False, "run_id": "c",
+    {"job": 2, "name": "lr=9", "overrides": "optimizer.lr=9", "status": "FAILED", "reused": False, "run_id": "c",
      "error": "diverged", "best_val_loss": 0.0001, "val_acc_mean": 0.99},  # failed: never the best
 ]
 
@@ -64,7 +64,7 @@ def test_best_job_follows_the_metrics_direction_and_says_so(sweep_run, metric, m
     log_jobs_table(client, run_id, ROWS, metric, mode, sweep_dir)
     tags = client.get_run(run_id).data.tags
     assert tags["dlexp.best_run_id"] == ROWS[best]["run_id"]
-    assert tags["dlexp.best_job"] == f"#{best} {ROWS[best]['overrides']}"
+    assert tags["dlexp.best_job"] == f"#{best} {ROWS[best]['name']}"
     assert tags["dlexp.best_rule"] == rule
     assert rule in tags["mlflow.note.content"]
     assert client.get_run(run_id).data.metrics[f"best_{metric}"] == ROWS[best][metric]
