@@ -8,6 +8,7 @@ be on a filesystem every node sees (README, "Parallel and cluster sweeps").
 
 from __future__ import annotations
 
+import csv
 import re
 import subprocess
 import sys
@@ -150,21 +151,29 @@ def test_scancel_ends_the_job_killed_a_silent_death_fails_it_and_the_rerun_runs_
     kinds = runs(client, "faults")
     jobs = {int(run.data.tags["dlexp.sweep_job"]): run for run in kinds["job"]}
     assert {num: run.info.status for num, run in jobs.items()} == {0: "FINISHED", 1: "KILLED", 2: "FAILED"}
-    for num in (1, 2):  # the fold each finished is kept with all its metrics (a fold's run is made at its end)
-        folds = [f for f in kinds["fold"] if f.data.tags["mlflow.parentRunId"] == jobs[num].info.run_id]
-        assert [f.info.status for f in folds] == ["FINISHED"]
-        assert len(client.get_metric_history(folds[0].info.run_id, "val_loss")) == 400 + num - 1
+    for num in (1, 2):  # the fold each finished is kept with all its metrics; the one in training ends too
+        folds = {f.data.tags["dlexp.fold"]: f for f in kinds["fold"]
+                 if f.data.tags["mlflow.parentRunId"] == jobs[num].info.run_id}
+        assert folds["1"].info.status == "FINISHED"
+        assert {run.info.status for fold, run in folds.items() if fold != "1"} <= {jobs[num].info.status}
+        assert len(client.get_metric_history(folds["1"].info.run_id, "val_loss")) == 400 + num - 1
     assert "RUNNING" not in {run.info.status for run in client.search_runs(
         [client.get_experiment_by_name("faults").experiment_id], max_results=1000)}
-    table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text()
-    assert [row.split(",")[2] for row in table.splitlines()[1:]] == ["FINISHED", "KILLED", "FAILED"]
+    assert [row["status"] for row in jobs_table(tmp_path / "sweep")] == ["FINISHED", "KILLED", "FAILED"]
 
     # The same command again: job 0 is reused, jobs 1 and 2 run again and finish.
     rerun = run_dlexp(*command, f"hydra.sweep.dir={tmp_path}/again", timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    rows = [row.split(",") for row in (tmp_path / "again" / "sweep_jobs.csv").read_text().splitlines()[1:]]
-    assert [(row[2], row[3]) for row in rows] == [("FINISHED", "True"), ("FINISHED", "False"), ("FINISHED", "False")]
+    rows = jobs_table(tmp_path / "again")
+    assert [(row["status"], row["reused"]) for row in rows] == [
+        ("FINISHED", "True"), ("FINISHED", "False"), ("FINISHED", "False")]
     assert len(runs(client, "faults")["sweep"]) == 1  # the same sweep run, resumed
+
+
+def jobs_table(sweep_dir: Path) -> list[dict[str, str]]:
+    """The rows of the sweep's ``sweep_jobs.csv``, by column name."""
+    with (sweep_dir / "sweep_jobs.csv").open(newline="") as table:
+        return list(csv.DictReader(table))
 
 
 def test_a_requeued_job_finishes_on_its_second_attempt_and_its_first_ends_killed(server, tmp_path):
@@ -192,7 +201,7 @@ def test_a_requeued_job_finishes_on_its_second_attempt_and_its_first_ends_killed
     assert next(run for run in attempts if run.info.status == "KILLED").info.run_id == first.info.run_id
     finished = next(run for run in attempts if run.info.status == "FINISHED")
     assert client.get_run(first.info.run_id).data.tags["dlexp.error"] == "Interrupted: stopped by SIGTERM"
-    table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[2] for row in table] == ["FINISHED", "FINISHED"]
-    assert table[1].split(",")[4] == finished.info.run_id
+    table = jobs_table(tmp_path / "sweep")
+    assert [row["status"] for row in table] == ["FINISHED", "FINISHED"]
+    assert table[1]["run_id"] == finished.info.run_id
     assert runs(client, "requeue")["sweep"][0].info.status == "FINISHED"
