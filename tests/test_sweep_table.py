@@ -34,8 +34,8 @@ def logged_table(client, run_id: str, tmp_path) -> list[dict]:
 ROWS = [
     {"job": 0, "name": "lr=0.5", "overrides": "optimizer.lr=0.5", "status": "FINISHED", "reused": False, "run_id": "a",
      "error": None, "best_val_loss": 1.5481, "val_acc_mean": 0.41},
-    {"job": 1, "name": "lr=0.01", "overrides": "optimizer.lr=0.01", "status": "FINISHED", "reused": False, "run_id": "b",
-     "error": None, "best_val_loss": 0.1409, "val_acc_mean": 0.97},
+    {"job": 1, "name": "lr=0.01", "overrides": "optimizer.lr=0.01", "status": "FINISHED", "reused": False,
+     "run_id": "b", "error": None, "best_val_loss": 0.1409, "val_acc_mean": 0.97},
     {"job": 2, "name": "lr=9", "overrides": "optimizer.lr=9", "status": "FAILED", "reused": False, "run_id": "c",
      "error": "diverged", "best_val_loss": 0.0001, "val_acc_mean": 0.99},  # failed: never the best
 ]
