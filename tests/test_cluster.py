@@ -1,6 +1,6 @@
 """Sweeps on a real SLURM cluster (scripts/slurm_cluster.sh) through ``hydra/launcher=slurm``, logging to a
 PostgreSQL-backed tracking server, and what the cluster does to jobs: ``scancel``, a job killed without a
-word (SIGKILL), ``scontrol requeue``. Everything is read back from the server.
+word (SIGKILL), ``scontrol requeue``; a search whose trials are cluster jobs. Everything is read back from the server.
 
 The cluster is this machine, so any folder is shared with the node; on a real cluster the sweep folder must
 be on a filesystem every node sees (README, "Parallel and cluster sweeps").
@@ -17,8 +17,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
 from service_support import mlflow_server, new_database, require_cluster
 from sweep_support import ROOT, dlexp_env, run_dlexp
 
@@ -205,3 +208,47 @@ def test_a_requeued_job_finishes_on_its_second_attempt_and_its_first_ends_killed
     assert [row["status"] for row in table] == ["FINISHED", "FINISHED"]
     assert table[1]["run_id"] == finished.info.run_id
     assert runs(client, "requeue")["sweep"][0].info.status == "FINISHED"
+
+
+def test_a_search_runs_its_trials_as_slurm_jobs_that_report_to_a_study_in_postgres(server, postgres_admin_uri,
+                                                                                   tmp_path):
+    # The issue's search (the lr=1e20 trial diverges) with its trials as SLURM array jobs, 2 at a time, and the
+    # study in the team's PostgreSQL: the trials on the node reach it through its URL to report to the pruner.
+    storage = new_database(postgres_admin_uri, "dlexp_test_cluster_study")
+    sweep_dir = tmp_path / "sweep"
+    result = run_dlexp(*SLURM, "hydra/sweeper=search", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                       f"hydra.sweeper.storage={storage}", "hydra.sweeper.pruner.n_startup_trials=1",
+                       "trainer.max_epochs=3", "trainer.folds=2", "optimizer.lr=choice(0.01, 1e20)",
+                       f"tracking.uri={server}", "tracking.experiment_name=cluster_search",
+                       f"hydra.sweep.dir={sweep_dir}", timeout=900)
+    assert result.returncode == 2, result.stderr[-3000:]  # a failed trial: the search went on, then exit 2
+    assert "Traceback" not in result.stderr
+
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    assert len(trials) == 4
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(t.params["optimizer.lr"] == 1e20 for t in failed)
+    others = [t for t in trials if t.state != TrialState.FAIL]
+    assert others and {t.state for t in others} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert all(t.params["optimizer.lr"] == 0.01 and t.intermediate_values for t in others)  # reported from the node
+    assert sorted(int(line.split("#")[1].split()[0]) for line in error_lines(result.stderr)) == sorted(
+        t.number for t in failed)
+
+    # Every trial was a SLURM job: one array of 2 tasks per batch (submitit's folders are ARRAY_TASK).
+    tasks = [folder.name.split("_") for folder in (sweep_dir / ".submitit").iterdir()
+             if re.fullmatch(r"\d+_\d+", folder.name)]
+    assert len(tasks) == 4 and len({array for array, _ in tasks}) == 2 and {task for _, task in tasks} == {"0", "1"}
+
+    client = MlflowClient(server)
+    kinds = runs(client, "cluster_search")
+    assert len(kinds["sweep"]) == 1 and len(kinds["job"]) == 4
+    assert {run.data.tags["mlflow.parentRunId"] for run in kinds["job"]} == {kinds["sweep"][0].info.run_id}
+    by_run = {run.info.run_id: run for run in kinds["job"]}
+    expected = {TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED", TrialState.COMPLETE: "FINISHED"}
+    for trial in trials:
+        assert by_run[trial.user_attrs["dlexp.run_id"]].info.status == expected[trial.state]
+    assert "RUNNING" not in {run.info.status for kind in kinds.values() for run in kind}
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert results.study == summary.study_name and results.storage.startswith("postgresql://")
+    assert dict(results.trials)["FAIL"] == len(failed)

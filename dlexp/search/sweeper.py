@@ -32,6 +32,12 @@ JOB_ATTR = "dlexp.job"
 ERROR_ATTR = "dlexp.error"
 
 
+#: ``hydra.sweeper.pruner=NAME``: median stops a trial below the median of earlier trials at the same step;
+#: halving (successive halving) keeps only the best third at each rung, so it stops most trials early.
+PRUNERS = {"median": "optuna.pruners.MedianPruner", "halving": "optuna.pruners.SuccessiveHalvingPruner",
+           "hyperband": "optuna.pruners.HyperbandPruner"}
+
+
 class SearchSweeperImpl(Sweeper):
     """``hydra.sweeper`` settings are documented in conf/hydra/sweeper/search.yaml."""
 
@@ -133,10 +139,10 @@ class SearchSweeperImpl(Sweeper):
         if config is None or (isinstance(config, str) and config.lower() in ("none", "null", "")):
             return None
         if isinstance(config, str):
-            if config.lower() != "median":
-                raise DlexpError(f"hydra.sweeper.pruner={config}: expected median, none, or a mapping with "
-                                 "_target_ (e.g. optuna.pruners.PercentilePruner)")
-            return {"_target_": "optuna.pruners.MedianPruner"}
+            if config.lower() not in PRUNERS:
+                raise DlexpError(f"hydra.sweeper.pruner={config}: expected {', '.join(PRUNERS)}, none, or a mapping "
+                                 "with _target_ (e.g. optuna.pruners.PercentilePruner)")
+            return {"_target_": PRUNERS[config.lower()]}
         return OmegaConf.to_container(config, resolve=True)
 
     # -- the trials -------------------------------------------------------------------------------------
