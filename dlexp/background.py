@@ -2,17 +2,22 @@
 
 Measured on the 2-core machine (benchmarks/README.md): a run's 16 PNGs cost more CPU than the batched
 training itself, and matplotlib holds the GIL while it draws, so a thread would only take turns with
-training. A helper process draws on the second core instead; it imports matplotlib and numpy only (no
-torch, no MLflow), starts once per dlexp process and serves every run and sweep job in it.
+training. A helper process draws on the second core instead; it imports matplotlib, numpy and MLflow (no
+torch), starts once per dlexp process and serves every run and sweep job in it.
 
 MLflow writes (SQLite or HTTP) go through one writer thread in order, so a fold's run is closed only after
-its metrics and pictures are in, and training never waits for the store. Both ends report their errors
-to the training thread (``Writer.check``), which stops the run like any other error.
+its metrics and pictures are in, and training never waits for the store. The writer thread only hands the
+calls over: they run in the helper process too (``HelperClient``), because MLflow's store spends ~100 us of
+Python per metric value, and a thread of the training process doing that holds the GIL between training's
+many small torch calls (measured: a thread writing metrics without pause made batched training 4x slower).
+Both ends report their errors to the training thread (``Writer.check``), which stops the run like any other
+error.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import multiprocessing
 import queue
@@ -33,13 +38,28 @@ def _start_helper() -> None:
     """In the helper process: Ctrl-C reaches the whole process group, but only dlexp's own process decides
     what to do with it (finish or drop the pictures); the helper must not die mid-picture."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import dlexp.plots  # noqa: F401  (loaded once, before the first picture is asked for)
+    import mlflow.tracking  # noqa: F401  (loaded once, before the first write or picture is asked for)
+
+    import dlexp.plots  # noqa: F401
 
 
 def _render(function: str, path: str, args: tuple, kwargs: dict) -> str:
     from dlexp import plots
 
     return str(getattr(plots, function)(Path(path), *args, **kwargs))
+
+
+_clients: dict[str, object] = {}  # tracking URI -> MlflowClient, in the process that makes the calls
+
+
+def _store_call(tracking_uri: str, method: str, args: tuple, kwargs: dict) -> object:
+    """``MlflowClient(tracking_uri).<method>(*args, **kwargs)``; a new run is returned as its id."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri not in _clients:
+        _clients[tracking_uri] = MlflowClient(tracking_uri)
+    result = getattr(_clients[tracking_uri], method)(*args, **kwargs)
+    return result.info.run_id if method == "create_run" else result
 
 
 def _shutdown() -> None:
@@ -86,6 +106,17 @@ def start_helper() -> None:
     """Start the helper process now, so its imports overlap with the run's own start-up."""
     if helper_possible():
         picture_pool().submit(int)
+
+
+class HelperClient:
+    """``MlflowClient``'s methods for the writer thread, made in the helper process (``Writer.store_call``);
+    ``create_run`` returns the new run's id."""
+
+    def __init__(self, writer: Writer, tracking_uri: str) -> None:
+        self.writer, self.tracking_uri = writer, tracking_uri
+
+    def __getattr__(self, method: str) -> Callable:
+        return functools.partial(self.writer.store_call, self.tracking_uri, method)
 
 
 class Aborted(Exception):
@@ -135,6 +166,20 @@ class Writer:
     def log_artifact(self, client, run_id: str, picture: Future, artifact_path: str | None = None) -> None:
         """Log ``picture``'s file on ``run_id`` once it is drawn (in order with the other writes)."""
         self.submit(lambda: client.log_artifact(run_id, self.wait_for(picture), artifact_path))
+
+    def store_call(self, tracking_uri: str, method: str, *args, **kwargs) -> object:
+        """An ``MlflowClient`` call made in the helper process (in order with its pictures), waited for here.
+        An abort drops it if it has not started; one that has is waited for (never stopped mid-write)."""
+        if not helper_possible():
+            return _store_call(tracking_uri, method, args, kwargs)
+        future = picture_pool().submit(_store_call, tracking_uri, method, args, kwargs)
+        while True:
+            if self.aborted.is_set() and future.cancel():
+                raise Aborted
+            try:
+                return future.result(timeout=0.1)
+            except TimeoutError:
+                continue
 
     def every(self, seconds: float, task: Callable[[], None]) -> None:
         self.periodic = (seconds, task)

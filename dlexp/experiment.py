@@ -18,11 +18,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp import plots, progress
-from dlexp.background import Writer, start_helper
+from dlexp.background import HelperClient, Writer, start_helper
 from dlexp.batched import batching_obstacle, train_folds_batched
 from dlexp.config import build, build_partial
 from dlexp.data.protocol import ExperimentData
@@ -173,7 +172,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     plot_dir = output_dir / "plots"
     run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
     with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt") as run, Writer() as writer:
-        client, run_id = MlflowClient(), run.info.run_id
+        client, run_id = HelperClient(writer, mlflow.get_tracking_uri()), run.info.run_id
         mlflow.log_params(flatten(cfg))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))

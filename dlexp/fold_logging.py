@@ -6,8 +6,9 @@ it is closed FINISHED when the fold stops, with its best epoch, test accuracy an
 run carries the tag ``dlexp.running_fold`` (the folds still training) until training ends.
 
 Runs are addressed by id through ``MlflowClient`` (not MLflow's active-run stack), because batched training
-runs all folds at once. Every write goes through one writer thread (dlexp.background) in order, so a fold's
-run ends only after everything it promised is in the store. A fold that stopped is finished, and stays so
+runs all folds at once. Every write goes through one writer thread (dlexp.background) in order, and is made
+in the helper process that also draws the pictures, so a fold's run ends only after everything it promised is
+in the store, and the store's work does not take turns with training. A fold that stopped is finished, and stays so
 when the run is interrupted later (batched training included); folds still training end with the job.
 """
 
@@ -18,13 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
 
-from dlexp.background import Writer
+from dlexp.background import HelperClient, Writer
 from dlexp.naming import fold_run_name
 from dlexp.tracking import one_line
 from dlexp.training import FoldResult, TrainingHooks
@@ -47,11 +49,11 @@ class FoldRuns(TrainingHooks):
                  test_accuracy: Callable[[torch.nn.Module], float],
                  pictures: Callable[[FoldResult, torch.nn.Module], list], writer: Writer | None = None,
                  flush_seconds: float | None = None) -> None:
-        self.client = MlflowClient()
+        self.writer = writer or Writer()
+        self.client = HelperClient(self.writer, mlflow.get_tracking_uri())  # the writer thread's calls
         self.job_run_id, self.experiment_id, self.n_folds = job_run_id, experiment_id, n_folds
         self.job_name = job_name
         self.evaluate, self.test_accuracy, self.pictures = evaluate, test_accuracy, pictures
-        self.writer = writer or Writer()
         self.writer.every(flush_seconds or FLUSH_SECONDS, self._flush)
         self.epochs: collections.deque = collections.deque()  # (fold, epoch, metrics, ms): the training side
         self.run_ids: dict[int, str] = {}  # fold -> run id (written by the writer thread)
@@ -94,8 +96,8 @@ class FoldRuns(TrainingHooks):
 
     def _open(self, fold: int) -> None:
         tags = context_registry.resolve_tags({"mlflow.parentRunId": self.job_run_id, "dlexp.fold": str(fold)})
-        run = self.client.create_run(self.experiment_id, run_name=fold_run_name(self.job_name, fold), tags=tags)
-        self.run_ids[fold] = run.info.run_id
+        self.run_ids[fold] = self.client.create_run(self.experiment_id, run_name=fold_run_name(self.job_name, fold),
+                                                    tags=tags)
 
     def _tag_running(self, text: str) -> None:
         if text:
@@ -149,12 +151,13 @@ class FoldRuns(TrainingHooks):
             pass
         finally:
             self.writer.abort()
+        client = MlflowClient()  # here: the helper process may be gone (SIGTERM to the process group)
         for fold, run_id in self.run_ids.items():
             if fold not in self.closed:
-                self.client.set_tag(run_id, "dlexp.error", one_line(error))
-                self.client.set_terminated(run_id, RunStatus.to_string(status))
+                client.set_tag(run_id, "dlexp.error", one_line(error))
+                client.set_terminated(run_id, RunStatus.to_string(status))
         if self.tagged:
-            self.client.delete_tag(self.job_run_id, RUNNING_FOLD_TAG)
+            client.delete_tag(self.job_run_id, RUNNING_FOLD_TAG)
 
 
 def fold_pictures(writer: Writer, result: FoldResult, model: torch.nn.Module, fold_dir: Path, data, grid,
