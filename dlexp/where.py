@@ -85,7 +85,8 @@ def sweep_report(sweep_dir: Path, run, experiment_name: str, uri: str, rows: lis
 
 
 class JobLabel(logging.Formatter):
-    """Puts ``[job N]`` before every line another formatter makes (multi-line messages too)."""
+    """Puts ``[job N]`` before every line another formatter makes (multi-line messages too; blank lines stay
+    blank)."""
 
     def __init__(self, inner: logging.Formatter | None, num: int) -> None:
         super().__init__()
@@ -93,7 +94,7 @@ class JobLabel(logging.Formatter):
         self.prefix = f"[job {num}] "
 
     def format(self, record: logging.LogRecord) -> str:
-        return "\n".join(self.prefix + line for line in self.inner.format(record).split("\n"))
+        return "\n".join(self.prefix + line if line else line for line in self.inner.format(record).split("\n"))
 
 
 @contextmanager

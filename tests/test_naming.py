@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime
 
@@ -18,7 +19,7 @@ from dlexp.naming import (
     swept_keys,
 )
 from dlexp.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, setup_experiment
-from dlexp.where import ui_command, ui_url
+from dlexp.where import JobLabel, ui_command, ui_url
 
 WHEN = datetime(2026, 11, 25, 15, 40)
 STORE = ["tracking.uri=sqlite:////tmp/x/mlflow.db", "tracking.artifact_location=/tmp/x/artifacts"]
@@ -98,6 +99,12 @@ def test_ui_links_open_the_runs_table_of_the_run():
     assert ui_command("sqlite:////s/mlflow.db") == (
         "python -m dlexp.server --backend-store-uri sqlite:////s/mlflow.db --port 5000")
     assert ui_command("http://head:5001") is None
+
+
+def test_a_sweep_jobs_lines_carry_its_label_and_blank_lines_stay_blank():
+    label = JobLabel(logging.Formatter("[%(name)s] %(message)s"), 3)
+    record = logging.LogRecord("dlexp", logging.INFO, __file__, 1, "\nsummary\n\n  test acc 99%", None, None)
+    assert label.format(record).split("\n") == ["[job 3] [dlexp] ", "[job 3] summary", "", "[job 3]   test acc 99%"]
 
 
 def test_a_single_run_ends_with_where_its_results_are_and_names_its_runs(tmp_path):
