@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +26,23 @@ def dlexp_env() -> dict[str, str]:
 def run_dlexp(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dlexp", *args], cwd=ROOT, env=dlexp_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def stop_when(ready: Callable[[], bool], *args: str, timeout: float = 240) -> tuple[int, str]:
+    """Start ``python -m dlexp *args``, send it SIGTERM (as ``kill`` does) once ``ready()`` holds; its exit code
+    and standard error. Fails if the command ends before that."""
+    process = subprocess.Popen([sys.executable, "-m", "dlexp", *args], cwd=ROOT, env=dlexp_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the command ended before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, stderr
 
 
 def sqlite_store(tmp_path: Path) -> list[str]:

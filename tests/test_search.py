@@ -7,7 +7,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from importlib import metadata
 
 import optuna
@@ -15,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store
+from sweep_support import ROOT, TINY, run_dlexp, runs_by_kind, sqlite_store, stop_when
 
 from dlexp.search.space import parse_search_space
 from dlexp.search.study import INTERRUPTED_ATTR
@@ -128,18 +127,8 @@ def count_done(tmp_path) -> int:
 def test_sigterm_then_the_same_command_continues_the_same_study(tmp_path):
     command = [*SEARCH, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=none", *TINY,
                "trainer.max_epochs=8", "tracking.experiment_name=resume_search", *sqlite_store(tmp_path)]
-    process = subprocess.Popen([sys.executable, "-m", "dlexp", *command], cwd=ROOT, env=dlexp_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while process.poll() is None and count_done(tmp_path) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert process.poll() is None, "the search ended before it could be stopped"
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    returncode, stderr = stop_when(lambda: count_done(tmp_path) >= 2, *command)
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     first = {t.number: t for t in load_study(tmp_path).get_trials()}
     assert "RUNNING" not in {t.state.name for t in first.values()}  # the cut-off trial ended FAIL at once
     finished_before = {n: t.user_attrs["dlexp.run_id"] for n, t in first.items() if t.state == TrialState.COMPLETE}

@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store
+from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store, stop_when
 
 
 def test_parallel_sweep_of_4_jobs_on_2_workers_logs_into_one_store_under_one_sweep_run(tmp_path):
@@ -120,27 +120,19 @@ def test_rerun_sweep_resumes_only_the_failed_job(tmp_path):
 
 
 def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, "-m", "dlexp", "+experiment=spiral", "trainer.folds=3",
-               "trainer.max_epochs=400", "trainer.patience=400", "plots.grid_resolution=20",
-               "tracking.experiment_name=sigterm", "trainer.strategy=sequential",  # folds finish one by one
-               f"hydra.run.dir={tmp_path / 'run'}", *sqlite_store(tmp_path)]
-    process = subprocess.Popen(command, cwd=ROOT, env=dlexp_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        client, deadline = MlflowClient(uri), time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            if (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name("sigterm") is not None:
-                _, _, folds = runs_by_kind(client, "sigterm")
-                if any(r.info.status == "FINISHED" for r in folds):
-                    break
-            time.sleep(0.2)
-        assert process.poll() is None, "the run ended before it could be stopped"
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+
+    def a_fold_finished() -> bool:
+        if not (tmp_path / "mlflow.db").exists() or client.get_experiment_by_name("sigterm") is None:
+            return False
+        return any(r.info.status == "FINISHED" for r in runs_by_kind(client, "sigterm")[2])
+
+    returncode, stderr = stop_when(
+        a_fold_finished, "+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=400", "trainer.patience=400",
+        "plots.grid_resolution=20", "tracking.experiment_name=sigterm",
+        "trainer.strategy=sequential",  # folds finish one by one
+        f"hydra.run.dir={tmp_path / 'run'}", *sqlite_store(tmp_path), timeout=180)
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "stopped by SIGTERM" in stderr
 
     _, jobs, folds = runs_by_kind(client, "sigterm")
