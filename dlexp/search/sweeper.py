@@ -33,7 +33,7 @@ ERROR_ATTR = "dlexp.error"
 
 
 #: ``hydra.sweeper.pruner=NAME``: median stops a trial below the median of earlier trials at the same step;
-#: halving (successive halving) keeps only the best third at each rung, so it stops most trials early.
+#: halving (successive halving) keeps only the best quarter at each rung, so it stops most trials early.
 PRUNERS = {"median": "optuna.pruners.MedianPruner", "halving": "optuna.pruners.SuccessiveHalvingPruner",
            "hyperband": "optuna.pruners.HyperbandPruner"}
 
