@@ -320,3 +320,20 @@ def test_a_trial_that_cannot_reach_its_study_trains_without_pruning(tmp_path, ca
     assert trial_hooks(tmp_path, 3) is NO_HOOKS
     assert "trial 3: cannot reach the study missing" in caplog.text
     assert trial_hooks(tmp_path, 4) is NO_HOOKS  # not a trial of this search
+
+
+def test_pruners_by_name_and_by_target():
+    from dlexp.errors import DlexpError
+    from dlexp.search.sweeper import SearchSweeperImpl
+
+    def spec(pruner):
+        return SearchSweeperImpl(pruner=pruner).pruner_spec()
+
+    assert spec("median") == {"_target_": "optuna.pruners.MedianPruner"}
+    assert spec("halving") == {"_target_": "optuna.pruners.SuccessiveHalvingPruner"}
+    assert spec("hyperband") == {"_target_": "optuna.pruners.HyperbandPruner"}
+    assert spec("none") is None and spec(None) is None
+    percentile = OmegaConf.create({"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0})
+    assert spec(percentile) == {"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0}
+    with pytest.raises(DlexpError, match=r"hydra.sweeper.pruner=mediam: expected median, halving, hyperband, none"):
+        spec("mediam")
