@@ -6,10 +6,11 @@ it is closed FINISHED when the fold stops, with its best epoch, test accuracy an
 run carries the tag ``dlexp.running_fold`` (the folds still training) until training ends.
 
 Runs are addressed by id through ``MlflowClient`` (not MLflow's active-run stack), because batched training
-runs all folds at once. Every write goes through one writer thread (dlexp.background) in order, and is made
-in the helper process that also draws the pictures, so a fold's run ends only after everything it promised is
-in the store, and the store's work does not take turns with training. A fold that stopped is finished, and stays so
-when the run is interrupted later (batched training included); folds still training end with the job.
+runs all folds at once. Every write goes through one writer thread (dlexp.background) in order and is made
+in the helper process that also draws the pictures, so a fold's run ends only after everything it promised
+is in the store, and the store's work does not take turns with training. A fold that stopped is finished,
+and stays so when the run is interrupted later (batched training included); folds still training end with
+the job.
 """
 
 from __future__ import annotations
