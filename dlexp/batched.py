@@ -6,8 +6,10 @@ order (the same generator as the sequential path), its own Adam state and step c
 stopping and best weights, and its loss is the mean over its own batch. A fold that stops is dropped
 from the batch, so nothing touches its weights or metrics again.
 
-Only what stacks exactly is batched (:func:`batching_obstacle` says why not otherwise): Linear and
-activation layers, Adam/AdamW, epoch-driven LR schedules and cross-entropy on class indices.
+Only what stacks exactly is batched (:func:`batching_obstacle` says why not otherwise): Linear,
+activation and dropout layers, Adam/AdamW, epoch-driven LR schedules and cross-entropy on class indices.
+Dropout draws its masks from torch's global generator as ``nn.Dropout`` does (so a seeded run repeats),
+one mask per fold and sample; the draws are not those of one-by-one training, their distribution is.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dlexp.training import NO_HOOKS, EarlyStopping, FoldResult, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
-ELEMENTWISE_LAYERS = (nn.Flatten, *ACTIVATIONS.values())
+ELEMENTWISE_LAYERS = (nn.Flatten, nn.Dropout, *ACTIVATIONS.values())
 #: Activations whose derivative follows from their output, which get a hand-written backward pass: each
 #: maps to (its function, the gradient through it from its output, ATen's fused op for that gradient).
 #: The fused ops are private torch API, used where they work (:func:`activation_backward`) because
@@ -129,7 +131,7 @@ class StackedMLP:
                                     layer.bias.detach())])
             for model in models])
         self.manual_backward = all(type(layer) in ACTIVATION_OPS for layer in self.layers
-                                   if not isinstance(layer, nn.Linear | nn.Flatten))
+                                   if not isinstance(layer, nn.Linear | nn.Flatten | nn.Dropout))
         device = self.weights.device
         self.backward_ops = {kind: activation_backward(kind, device) for kind in
                              {type(layer) for layer in self.layers} & ACTIVATION_OPS.keys()}
@@ -152,11 +154,13 @@ class StackedMLP:
         return [part.view(len(weights), *shape)
                 for part, shape in zip(weights.split(self.sizes, dim=1), self.shapes, strict=True)]
 
-    def forward(self, x: torch.Tensor, saved: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, saved: list[torch.Tensor] | None = None,
+                training: bool = False) -> torch.Tensor:
         """Logits ``(k, batch, classes)`` of inputs ``(k, batch, ...)`` with the bound weights.
 
-        With ``saved``, appends each Linear layer's input and each activation's output, which is what the
-        hand-written backward pass needs.
+        ``training`` turns dropout on (a fresh mask per call, scaled by ``1 / (1 - p)`` as ``nn.Dropout``
+        does); evaluation leaves it out. With ``saved``, appends each Linear layer's input, each activation's
+        output and each dropout mask, which is what the hand-written backward pass needs.
         """
         linear = 0
         for layer in self.layers:
@@ -169,6 +173,12 @@ class StackedMLP:
                 linear += 1
             elif isinstance(layer, nn.Flatten):
                 x = x.flatten(2)
+            elif isinstance(layer, nn.Dropout):
+                if training and layer.p > 0:
+                    mask = torch.empty_like(x).bernoulli_(1 - layer.p).div_(1 - layer.p)
+                    x = x * mask
+                    if saved is not None:
+                        saved.append(mask)
             else:
                 x = ACTIVATION_OPS[type(layer)][0](x) if type(layer) in ACTIVATION_OPS else layer(x)
                 if saved is not None:
@@ -187,12 +197,12 @@ class StackedMLP:
         costs); other activations go through autograd.
         """
         if not self.manual_backward:
-            logits = self.forward(x)
+            logits = self.forward(x, training=True)
             loss = (neg_scaled_target * logits.log_softmax(dim=2)).sum()
             grads = torch.autograd.grad(loss, self.params)
             return logits.detach(), torch.cat([g.flatten(1) for g in grads], dim=1)
         saved: list[torch.Tensor] = []
-        logits = self.forward(x, saved)
+        logits = self.forward(x, saved, training=True)
         # d(sum of fold losses) / d(logits) = weight * (softmax - target)
         g = torch.addcmul(neg_scaled_target, softmax(logits), weight)
         linear = len(self.out_first)
@@ -206,6 +216,9 @@ class StackedMLP:
                              else torch.bmm(inputs.transpose(1, 2), g)).flatten(1))
                 if linear:
                     g = torch.bmm(g, self.backward_weights[linear])
+            elif isinstance(layer, nn.Dropout):
+                if layer.p > 0:
+                    g = g * saved.pop()
             elif not isinstance(layer, nn.Flatten):
                 g = self.backward_ops[type(layer)](g, saved.pop())
         parts.reverse()

@@ -10,8 +10,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
+from torch.nn import functional as F
 
-from dlexp.batched import batching_obstacle, train_folds_batched
+from dlexp.batched import StackedMLP, batching_obstacle, train_folds_batched
 from dlexp.data.points import load_point_files
 from dlexp.errors import DlexpError
 from dlexp.experiment import FoldObjects, build_fold_objects, choose_strategy, run_experiment
@@ -36,9 +37,9 @@ def one_thread():
 
 def make_objects(fold: int, input_shape: tuple[int, ...], n_classes: int, lr: float, hidden=(16,),
                  step_size: int = 5, gamma: float = 0.5, activation: str = "relu", optimizer: str = "adam",
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, dropout: float = 0.0):
     torch.manual_seed(100 + fold)
-    model = MLP(input_shape, n_classes, hidden_dims=list(hidden), activation=activation)
+    model = MLP(input_shape, n_classes, hidden_dims=list(hidden), activation=activation, dropout=dropout)
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
     optimizer = optimizer_class(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
@@ -46,10 +47,10 @@ def make_objects(fold: int, input_shape: tuple[int, ...], n_classes: int, lr: fl
 
 
 def train_both(x, y, folds, n_classes, lr, batch_size, max_epochs, patience, hidden=(16,), step_size=5,
-               gamma=0.5, activation="relu", optimizer="adam", weight_decay=0.0):
+               gamma=0.5, activation="relu", optimizer="adam", weight_decay=0.0, dropout=0.0):
     """The same folds, initial weights and data orders, trained one by one and batched."""
     folds = [(torch.as_tensor(t), torch.as_tensor(v)) for t, v in folds]
-    settings = (n_classes, lr, hidden, step_size, gamma, activation, optimizer, weight_decay)
+    settings = (n_classes, lr, hidden, step_size, gamma, activation, optimizer, weight_decay, dropout)
     sequential, sequential_models = [], []
     for fold, (train, val) in enumerate(folds, start=1):
         model, optimizer_, scheduler, loss_fn = make_objects(fold, tuple(x.shape[1:]), *settings)
@@ -192,22 +193,62 @@ def test_restored_best_weights_reproduce_best_val_loss(noisy_folds):
             assert acc == pytest.approx(result.best_val_acc)
 
 
-def test_batched_is_deterministic(noisy_folds):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_batched_is_deterministic(noisy_folds, dropout):
     x, y, folds = noisy_folds
-    first = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=20, patience=4)[2]
-    second = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=20, patience=4)[2]
+    first = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=20, patience=4, dropout=dropout)[2]
+    second = train_both(x, y, folds, 3, lr=0.05, batch_size=17, max_epochs=20, patience=4, dropout=dropout)[2]
     assert [r.history for r in first] == [r.history for r in second]
 
 
-@pytest.mark.parametrize("data_dir", [Path(__file__).resolve().parents[1] / "data", SEED_DATA])
-def test_equivalent_accuracy_on_spiral(data_dir):
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])  # hand-written backward, and autograd's
+def test_dropout_gradient_is_autograds_with_the_same_masks(activation):
+    """One batched step with dropout: each fold's gradient is what autograd gives its own ``nn.Sequential``
+    with the masks the step drew (drawn again here from the same seed, in the same order), and evaluation
+    leaves dropout out."""
+    k, batch, p = 3, 8, 0.4
+    models = [make_objects(fold, (2,), 4, 0.01, hidden=(6, 5), activation=activation, dropout=p)[0]
+              for fold in range(k)]
+    x, y = torch.randn(k, batch, 2), torch.randint(0, 4, (k, batch))
+    weight = torch.full((k, batch, 1), 1 / batch)
+    stacked = StackedMLP(models)
+    stacked.bind(stacked.weights.clone())
+    torch.manual_seed(7)
+    logits, grad = stacked.logits_and_grad(x, -F.one_hot(y, 4).float() * weight, weight)
+    torch.manual_seed(7)
+    masks = [torch.empty(k, batch, width).bernoulli_(1 - p).div_(1 - p) for width in (6, 5)]
+    assert 0 < sum(int((m == 0).sum()) for m in masks) < sum(m.numel() for m in masks)
+    for i, model in enumerate(models):
+        h, dropped = x[i], 0
+        for layer in model:
+            if isinstance(layer, nn.Dropout):
+                h, dropped = h * masks[dropped][i], dropped + 1
+            else:
+                h = layer(h)
+        model.zero_grad()
+        F.cross_entropy(h, y[i]).backward()
+        torch.testing.assert_close(logits[i], h.detach(), rtol=1e-5, atol=1e-6)
+        expected = stacked.state_dict(grad[i], model)
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(expected[name], parameter.grad, rtol=1e-4, atol=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(stacked.forward(x)[i], model.eval()(x[i]), rtol=1e-5, atol=1e-6)
+
+
+SHIPPED_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.mark.parametrize(("data_dir", "dropout"), [(SHIPPED_DATA, 0.0), (SEED_DATA, 0.0), (SHIPPED_DATA, 0.1)])
+def test_equivalent_accuracy_on_spiral(data_dir, dropout):
+    """With dropout the two paths draw different masks, so only the accuracies can agree."""
     if not data_dir.is_dir():
         pytest.skip(f"{data_dir} is absent (the course data lives beside the checkout)")
     data = load_point_files(str(data_dir / "trainData.txt"), str(data_dir / "testData.txt"))
     folds = kfold_indices(data.y_train.numpy(), 3, seed=42)
     sequential, seq_models, batched, bat_models = train_both(
         data.x_train, data.y_train, folds, data.n_classes, lr=0.01, batch_size=50, max_epochs=150,
-        patience=20, hidden=(64, 32), step_size=50, gamma=0.8)  # the course set-up, fewer epochs and folds
+        patience=20, hidden=(64, 32), step_size=50, gamma=0.8,  # the course set-up, fewer epochs and folds
+        dropout=dropout)
 
     def test_accuracy(model):
         with torch.no_grad():
@@ -234,6 +275,9 @@ def test_auto_strategy_batches_only_what_stacks():
     objects = build_fold_objects(cfg, data, torch.device("cpu"), seed=1)
     assert choose_strategy("auto", objects, data) == "batched"
     assert choose_strategy("sequential", objects, data) == "sequential"
+    with_dropout = build_fold_objects(compose_spiral("model.dropout=0.2"), data, torch.device("cpu"), seed=1)
+    assert any(isinstance(layer, nn.Dropout) for layer in with_dropout.model)
+    assert choose_strategy("auto", with_dropout, data) == "batched"
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(objects.optimizer)
     obstacle = batching_obstacle(objects.model, objects.optimizer, plateau, objects.loss_fn)
     assert "ReduceLROnPlateau" in obstacle
