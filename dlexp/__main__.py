@@ -37,7 +37,8 @@ def main(cfg: DictConfig) -> float:
             if job is not None:  # a sweep's job: resumable, nested under the sweep's run
                 from dlexp.search.pruning import trial_hooks  # a search's trial reports to its pruner
 
-                hooks = trial_hooks(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num))
+                hooks = trial_hooks(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num),
+                                    int(cfg.trainer.max_epochs))
                 score = job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags,
                                                                  hooks=hooks))
                 report_run(cfg, output_dir, job.num)

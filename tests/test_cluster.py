@@ -252,3 +252,35 @@ def test_a_search_runs_its_trials_as_slurm_jobs_that_report_to_a_study_in_postgr
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert results.study == summary.study_name and results.storage.startswith("postgresql://")
     assert dict(results.trials)["FAIL"] == len(failed)
+
+
+def test_a_trial_cancelled_with_scancel_is_a_failed_trial_and_the_search_goes_on(server, tmp_path):
+    # Two trials on the node at once; trial 1's SLURM job is cancelled after its first fold. The search records
+    # it FAIL (its run KILLED), keeps trial 0's result, writes its results file and exits 2 with one line.
+    sweep_dir = tmp_path / "sweep"
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = start_sweep(*SLURM, *LONG, "hydra/sweeper=search", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                         f"hydra.sweeper.storage={storage}", "hydra.sweeper.pruner=none", "trainer.max_epochs=400",
+                         "optimizer.lr=choice(0.01, 0.003)", f"tracking.uri={server}",
+                         "tracking.experiment_name=cluster_search_cancel", f"hydra.sweep.dir={sweep_dir}")
+    client = MlflowClient(server)
+    try:
+        wait_for_first_fold(client, "cluster_search_cancel", 1)
+        subprocess.run(["scancel", slurm_jobs(sweep_dir)[1]], check=True)
+        _, stderr = search.communicate(timeout=300)
+    finally:
+        search.kill()
+    assert search.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr
+    errors = error_lines(stderr)
+    assert len(errors) == 1 and errors[0].startswith("error: job #1 (") and "ended CANCELLED" in errors[0], stderr[-3000:]
+
+    trials = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    jobs = {int(run.data.tags["dlexp.sweep_job"]): run for run in runs(client, "cluster_search_cancel")["job"]}
+    assert {num: run.info.status for num, run in jobs.items()} == {0: "FINISHED", 1: "KILLED"}
+    assert {t.user_attrs["dlexp.run_id"] for t in trials} == {run.info.run_id for run in jobs.values()}
+    assert "RUNNING" not in {run.info.status for kind in runs(client, "cluster_search_cancel").values() for run in kind}
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert dict(results.trials) == {"COMPLETE": 1, "PRUNED": 0, "FAIL": 1, "INTERRUPTED": 0}
+    assert results.best_trial == 0

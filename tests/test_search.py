@@ -59,6 +59,9 @@ def test_diverging_trial_fails_alone_and_the_search_goes_on(tmp_path):
                        *sqlite_store(tmp_path))
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    output = result.stdout + result.stderr  # 3 epochs: the pruner gets no report, and the user is told so
+    assert ("hydra.sweeper.report_every=10 is more than trainer.max_epochs=3: no trial reports a score, so none "
+            "is pruned (set report_every to at most 3)") in output
 
     study = load_study(tmp_path)
     trials = study.get_trials()
@@ -174,11 +177,12 @@ def test_hopeless_trials_are_pruned_in_the_study_and_in_mlflow(tmp_path, strateg
     assert [t.params["optimizer.lr"] for t in trials] == [0.01, 0.01, 0.01, 1e-5]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
     assert len({t.user_attrs["dlexp.run_id"] for t in trials[:3]}) == 1  # the same config is not retrained
-    first_step = 1 if strategy == "sequential" else 2  # a fold done, or every 2nd epoch of all folds at once
-    steps = {1, 2} if strategy == "sequential" else {2, 4, 6}
+    # Every 2nd epoch: of all folds at once, or of fold 1 then fold 2 (steps 6 + epoch) one by one.
+    steps = {2, 4, 6, 8, 10, 12} if strategy == "sequential" else {2, 4, 6}
     assert set(trials[0].intermediate_values) == steps
-    assert list(trials[3].intermediate_values) == [first_step]
-    assert trials[3].intermediate_values[first_step] < trials[0].intermediate_values[first_step]
+    last = max(trials[3].intermediate_values)
+    assert last <= 6  # pruned during its first fold, either way
+    assert trials[3].intermediate_values[last] < trials[0].intermediate_values[last]
     pruned = trials[3:]
 
     client = client_for(tmp_path)
@@ -220,9 +224,10 @@ def test_a_search_on_a_loss_minimises_it(tmp_path):
 def test_parallel_trials_report_to_the_study_from_their_worker_processes(tmp_path):
     result = run_dlexp(*SEARCH, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=4",
                        "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.n_startup_trials=2", *TINY,
-                       "tracking.experiment_name=parallel_search", *sqlite_store(tmp_path))
+                       "hydra.sweeper.report_every=1", "tracking.experiment_name=parallel_search",
+                       *sqlite_store(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "database is locked" not in result.stderr
+    assert "database is locked" not in result.stderr and "so none is pruned" not in result.stderr
     trials = load_study(tmp_path).get_trials()
     assert len(trials) == 4 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert all(t.intermediate_values for t in trials)  # the workers reached the study through its storage
@@ -278,20 +283,21 @@ def fold_result(fold: int, best_val_acc: float, best_val_loss: float):
                       best_val_acc=best_val_acc, best_val_loss=best_val_loss)
 
 
-def test_reporter_reports_each_fold_one_by_one_and_every_few_epochs_across_running_folds():
+def test_reporter_reports_every_few_epochs_of_the_folds_in_training():
     from dlexp.search.pruning import TrialReporter
 
+    # One by one (max_epochs 3): fold 2's epochs are steps 3 + epoch; the value is the mean of the folds begun.
     trial = FakeTrial()
-    reporter = TrialReporter(trial, maximise=True, report_every=2)
-    for fold, best in ((1, 0.5), (2, 0.7)):
+    reporter = TrialReporter(trial, maximise=True, report_every=2, max_epochs=3)
+    for fold, scores in ((1, (0.1, 0.3, 0.2)), (2, (0.5, 0.4, 0.6))):
         reporter.fold_start(fold)
-        for epoch in (1, 2, 3):
-            reporter.epoch_end(fold, epoch, {"val_acc": 0.1 * epoch, "val_loss": 1.0})
-        reporter.fold_end(fold_result(fold, best, 1.0))
-    assert trial.reports == [(0.5, 1), (pytest.approx(0.6), 2)]  # the mean of the folds done
+        for epoch, score in enumerate(scores, start=1):
+            reporter.epoch_end(fold, epoch, {"val_acc": score, "val_loss": 1.0})
+        reporter.fold_end(fold_result(fold, max(scores), 1.0))
+    assert trial.reports == [(0.3, 2), (pytest.approx((0.3 + 0.5) / 2), 5)]
 
     trial = FakeTrial()
-    reporter = TrialReporter(trial, maximise=False, report_every=2)  # minimising: the validation loss
+    reporter = TrialReporter(trial, maximise=False, report_every=2, max_epochs=4)  # minimising: validation loss
     reporter.fold_start(1)
     reporter.fold_start(2)
     for epoch in (1, 2, 3, 4):
@@ -302,10 +308,11 @@ def test_reporter_reports_each_fold_one_by_one_and_every_few_epochs_across_runni
             reporter.fold_end(fold_result(2, 0.0, 1.0))  # fold 2 stops early; its best loss stays in the mean
     assert trial.reports == [(pytest.approx((0.5 + 1.0) / 2), 2), (pytest.approx((0.25 + 1.0) / 2), 4)]
 
-    reporter = TrialReporter(FakeTrial(prune_at=1), maximise=True, report_every=2)
+    reporter = TrialReporter(FakeTrial(prune_at=2), maximise=True, report_every=2, max_epochs=3)
     reporter.fold_start(1)
-    with pytest.raises(optuna.TrialPruned, match="trial 7 pruned after fold 1"):
-        reporter.fold_end(fold_result(1, 0.2, 1.0))
+    reporter.epoch_end(1, 1, {"val_acc": 0.2, "val_loss": 1.0})
+    with pytest.raises(optuna.TrialPruned, match="trial 7 pruned after fold 1, epoch 2: intermediate score 0.2000"):
+        reporter.epoch_end(1, 2, {"val_acc": 0.1, "val_loss": 1.0})
 
 
 def test_a_trial_that_cannot_reach_its_study_trains_without_pruning(tmp_path, caplog):
@@ -317,9 +324,9 @@ def test_a_trial_that_cannot_reach_its_study_trains_without_pruning(tmp_path, ca
     (tmp_path / "search.json").write_text(json.dumps({
         "storage": f"sqlite:///{tmp_path}/optuna.db", "study": "missing", "report_every": 10,
         "pruner": {"_target_": "optuna.pruners.MedianPruner"}, "trials": {"3": 3}}))
-    assert trial_hooks(tmp_path, 3) is NO_HOOKS
+    assert trial_hooks(tmp_path, 3, max_epochs=60) is NO_HOOKS
     assert "trial 3: cannot reach the study missing" in caplog.text
-    assert trial_hooks(tmp_path, 4) is NO_HOOKS  # not a trial of this search
+    assert trial_hooks(tmp_path, 4, max_epochs=60) is NO_HOOKS  # not a trial of this search
 
 
 def test_pruners_by_name_and_by_target():
@@ -330,8 +337,9 @@ def test_pruners_by_name_and_by_target():
         return SearchSweeperImpl(pruner=pruner).pruner_spec()
 
     assert spec("median") == {"_target_": "optuna.pruners.MedianPruner"}
-    assert spec("halving") == {"_target_": "optuna.pruners.SuccessiveHalvingPruner"}
-    assert spec("hyperband") == {"_target_": "optuna.pruners.HyperbandPruner"}
+    # Their first rung is the first report (report_every epochs), not Optuna's guess of step 1.
+    assert spec("halving") == {"_target_": "optuna.pruners.SuccessiveHalvingPruner", "min_resource": 10}
+    assert spec("hyperband") == {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 10}
     assert spec("none") is None and spec(None) is None
     percentile = OmegaConf.create({"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0})
     assert spec(percentile) == {"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0}

@@ -1,10 +1,13 @@
 """The trial side of a search: report intermediate scores while training, stop when the pruner says so.
 
-One-by-one training reports after each fold (step = folds done, value = the mean of their best validation
-scores); batched training every ``report_every`` epochs (step = epoch, value = the mean over all folds of
-their best validation score so far). The score is the validation accuracy when the search maximises and
-the validation loss when it minimises, so it moves in the study's direction. A pruned trial raises
-``optuna.TrialPruned`` out of training; ``SweepJob`` ends its run KILLED with the tag ``dlexp.pruned``.
+A trial reports every ``report_every`` epochs, whichever way it trains. The step is the epoch of the fold(s)
+in training plus ``max_epochs`` for each fold trained before them: batched training (all folds at once)
+reports at steps 10, 20, ...; one-by-one training at 10, 20, ... during its first fold, at ``max_epochs``
++ 10, ... during its second. So step 10 means "10 epochs into a fold" for every trial, and a pruner can stop
+a hopeless trial during its first fold. The value is the mean, over the folds begun, of each fold's best
+validation score so far: the validation accuracy when the search maximises and the validation loss when it
+minimises, so it moves in the study's direction. A pruned trial raises ``optuna.TrialPruned`` out of
+training; ``SweepJob`` ends its run KILLED with the tag ``dlexp.pruned``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ def is_pruned(error: BaseException) -> bool:
 class TrialReporter(TrainingHooks):
     """Reports a trial's scores to its study while it trains and raises ``TrialPruned`` when told to."""
 
-    def __init__(self, trial, maximise: bool, report_every: int) -> None:
+    def __init__(self, trial, maximise: bool, report_every: int, max_epochs: int) -> None:
         self.trial = trial
         self.maximise = maximise
         self.report_every = report_every
+        self.max_epochs = max_epochs
         self.best: dict[int, float] = {}  # fold -> its best validation score so far
         self.running: set[int] = set()
         self.reached: dict[int, int] = {}  # fold -> last epoch seen
-        self.batched: bool | None = None  # known at the first epoch: several folds running at once
+        self.offset = 0  # steps of the folds trained before the running ones
         self.tagged = False
 
     def fold_start(self, fold: int) -> None:
@@ -48,26 +52,21 @@ class TrialReporter(TrainingHooks):
             if mlflow.active_run() is not None:
                 mlflow.set_tag(TRIAL_TAG, str(self.trial.number))
             self.tagged = True
+        if not self.running:  # one-by-one training: the folds before this one are done
+            self.offset = self.max_epochs * len(self.best)
         self.running.add(fold)
 
     def epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
-        if self.batched is None:
-            self.batched = len(self.running) > 1
-        if not self.batched:
-            return
         value = metrics["val_acc"] if self.maximise else metrics["val_loss"]
         better = max if self.maximise else min
         self.best[fold] = better(self.best.get(fold, value), value)
         self.reached[fold] = epoch
         if epoch % self.report_every == 0 and all(self.reached.get(f) == epoch for f in self.running):
-            self.report(statistics.fmean(self.best.values()), epoch, f"epoch {epoch}")
+            where = f"epoch {epoch}" if len(self.running) > 1 else f"fold {fold}, epoch {epoch}"
+            self.report(statistics.fmean(self.best.values()), self.offset + epoch, where)
 
     def fold_end(self, result: FoldResult) -> None:
         self.running.discard(result.fold)
-        if self.batched:
-            return
-        self.best[result.fold] = result.best_val_acc if self.maximise else result.best_val_loss
-        self.report(statistics.fmean(self.best.values()), len(self.best), f"fold {result.fold}")
 
     def report(self, value: float, step: int, where: str) -> None:
         import optuna
@@ -88,7 +87,7 @@ class TrialReporter(TrainingHooks):
                                      f"intermediate score {value:.4f}")
 
 
-def trial_hooks(sweep_dir: Path, job_num: int) -> TrainingHooks:
+def trial_hooks(sweep_dir: Path, job_num: int, max_epochs: int) -> TrainingHooks:
     """The reporter for this job if it is a trial of a search with a pruner, else hooks that do nothing."""
     from dlexp.search.study import read_handoff
 
@@ -114,7 +113,7 @@ def trial_hooks(sweep_dir: Path, job_num: int) -> TrainingHooks:
                     handoff["study"], str(error).strip().splitlines()[0] if str(error).strip() else error)
         return NO_HOOKS
     return TrialReporter(trial, study.direction == optuna.study.StudyDirection.MAXIMIZE,
-                         int(handoff["report_every"]))
+                         int(handoff["report_every"]), max_epochs)
 
 
 def record_pruned(run_id: str | None, output_dir: Path, reason: str) -> None:

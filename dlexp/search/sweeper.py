@@ -33,7 +33,8 @@ ERROR_ATTR = "dlexp.error"
 
 
 #: ``hydra.sweeper.pruner=NAME``: median stops a trial below the median of earlier trials at the same step;
-#: halving (successive halving) keeps only the best quarter at each rung, so it stops most trials early.
+#: halving (successive halving) keeps only the best quarter at each rung, so it stops most trials early;
+#: halving and hyperband get their first rung at the first report (``min_resource = report_every``).
 PRUNERS = {"median": "optuna.pruners.MedianPruner", "halving": "optuna.pruners.SuccessiveHalvingPruner",
            "hyperband": "optuna.pruners.HyperbandPruner"}
 
@@ -67,6 +68,7 @@ class SearchSweeperImpl(Sweeper):
                 raise DlexpError("hydra.sweeper.params: nothing to search; give ranges such as "
                                  "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
             pruner = self.pruner_spec()
+            self.warn_if_nothing_reports(pruner, space)
             study = self.open_study()
         except DlexpError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -88,6 +90,15 @@ class SearchSweeperImpl(Sweeper):
                     isinstance(value, int) and not isinstance(value, bool) and value >= low):
                 raise DlexpError(f"hydra.sweeper.{key}={value!r}: expected an integer >= {low}"
                                  + (" or null" if key == "max_failures" else ""))
+
+    def warn_if_nothing_reports(self, pruner: dict[str, Any] | None, space: SearchSpace) -> None:
+        """Trials report every ``report_every`` epochs: with fewer epochs than that, nothing can be pruned."""
+        max_epochs = OmegaConf.select(self.config, "trainer.max_epochs", default=None)
+        if (pruner is not None and isinstance(max_epochs, int) and "trainer.max_epochs" not in space.distributions
+                and max_epochs < self.report_every):
+            log.warning("hydra.sweeper.report_every=%d is more than trainer.max_epochs=%d: no trial reports a "
+                        "score, so none is pruned (set report_every to at most %d)", self.report_every, max_epochs,
+                        max_epochs)
 
     # -- the study -------------------------------------------------------------------------------------
 
@@ -142,7 +153,10 @@ class SearchSweeperImpl(Sweeper):
             if config.lower() not in PRUNERS:
                 raise DlexpError(f"hydra.sweeper.pruner={config}: expected {', '.join(PRUNERS)}, none, or a mapping "
                                  "with _target_ (e.g. optuna.pruners.PercentilePruner)")
-            return {"_target_": PRUNERS[config.lower()]}
+            spec = {"_target_": PRUNERS[config.lower()]}
+            if config.lower() != "median":  # their first rung at the first report (Optuna's guess is step 1)
+                spec["min_resource"] = self.report_every
+            return spec
         return OmegaConf.to_container(config, resolve=True)
 
     # -- the trials -------------------------------------------------------------------------------------
