@@ -337,9 +337,8 @@ def test_pruners_by_name_and_by_target():
         return SearchSweeperImpl(pruner=pruner).pruner_spec()
 
     assert spec("median") == {"_target_": "optuna.pruners.MedianPruner"}
-    # Their first rung is the first report (report_every epochs), not Optuna's guess of step 1.
-    assert spec("halving") == {"_target_": "optuna.pruners.SuccessiveHalvingPruner", "min_resource": 10}
-    assert spec("hyperband") == {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 10}
+    assert spec("halving") == {"_target_": "optuna.pruners.SuccessiveHalvingPruner"}
+    assert spec("hyperband") == {"_target_": "optuna.pruners.HyperbandPruner"}
     assert spec("none") is None and spec(None) is None
     percentile = OmegaConf.create({"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0})
     assert spec(percentile) == {"_target_": "optuna.pruners.PercentilePruner", "percentile": 25.0}

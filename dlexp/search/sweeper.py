@@ -33,8 +33,7 @@ ERROR_ATTR = "dlexp.error"
 
 
 #: ``hydra.sweeper.pruner=NAME``: median stops a trial below the median of earlier trials at the same step;
-#: halving (successive halving) keeps only the best quarter at each rung, so it stops most trials early;
-#: halving and hyperband get their first rung at the first report (``min_resource = report_every``).
+#: halving (successive halving) keeps only the best quarter at each rung, so it stops most trials early.
 PRUNERS = {"median": "optuna.pruners.MedianPruner", "halving": "optuna.pruners.SuccessiveHalvingPruner",
            "hyperband": "optuna.pruners.HyperbandPruner"}
 
@@ -153,10 +152,7 @@ class SearchSweeperImpl(Sweeper):
             if config.lower() not in PRUNERS:
                 raise DlexpError(f"hydra.sweeper.pruner={config}: expected {', '.join(PRUNERS)}, none, or a mapping "
                                  "with _target_ (e.g. optuna.pruners.PercentilePruner)")
-            spec = {"_target_": PRUNERS[config.lower()]}
-            if config.lower() != "median":  # their first rung at the first report (Optuna's guess is step 1)
-                spec["min_resource"] = self.report_every
-            return spec
+            return {"_target_": PRUNERS[config.lower()]}
         return OmegaConf.to_container(config, resolve=True)
 
     # -- the trials -------------------------------------------------------------------------------------
