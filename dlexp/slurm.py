@@ -95,6 +95,8 @@ class SlurmLauncher(HydraSlurmLauncher):
         with open_dict(sweep_config.hydra.job):
             sweep_config.hydra.job.num = num
         folder = record_dead_job(sweep_config, reason, killed=state in {"CANCELLED", "PREEMPTED", "TIMEOUT"})
+        with open_dict(sweep_config.hydra.runtime):  # as Hydra sets it for a job that runs (sweepers read it)
+            sweep_config.hydra.runtime.output_dir = str(folder)
         log.error("job #%d (%s): %s", num, " ".join(filter_overrides(overrides)), reason)
         task_cfg = OmegaConf.masked_copy(sweep_config, [key for key in sweep_config if key != "hydra"])
         return JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": sweep_config.hydra}),
