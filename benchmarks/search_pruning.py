@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The course's 5 folds, but at most 60 epochs (not 500) so 9 searches of 30 trials fit in about 40 minutes on
-#: the 2-core machine; smaller decision-boundary pictures. Training is still most of a trial's time.
+#: The course's 5 folds, but at most 60 epochs (not 500) so 9 searches of 30 trials fit in about 25 minutes on
+#: the 2-core machine; smaller decision-boundary pictures. Training is still most of a full trial's time.
 SETUP = ["+experiment=spiral", "trainer.folds=5", "trainer.max_epochs=60", "plots.grid_resolution=30"]
 VARIANTS = {"no pruning": "hydra.sweeper.pruner=none", "median pruner": "hydra.sweeper.pruner=median",
             "successive halving": "hydra.sweeper.pruner=halving"}
