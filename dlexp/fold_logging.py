@@ -153,10 +153,13 @@ class FoldRuns(TrainingHooks):
         finally:
             self.writer.abort()
         client = MlflowClient()  # here: the helper process may be gone (SIGTERM to the process group)
-        for fold, run_id in self.run_ids.items():
-            if fold not in self.closed:
-                client.set_tag(run_id, "dlexp.error", one_line(error))
-                client.set_terminated(run_id, RunStatus.to_string(status))
+        unfinished = {run_id for fold, run_id in self.run_ids.items() if fold not in self.closed}
+        # A fold run the helper created as it was stopped is in the store but not in run_ids.
+        unfinished |= {run.info.run_id for run in client.search_runs([self.experiment_id], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{self.job_run_id}' and attributes.status = 'RUNNING'"))}
+        for run_id in unfinished:
+            client.set_tag(run_id, "dlexp.error", one_line(error))
+            client.set_terminated(run_id, RunStatus.to_string(status))
         if self.tagged:
             client.delete_tag(self.job_run_id, RUNNING_FOLD_TAG)
 

@@ -176,6 +176,7 @@ class SearchSweeperImpl(Sweeper):
             if remaining <= 0:
                 break
             batch = []
+            next_number = len(study.get_trials(deepcopy=False))  # the number of the batch's first trial
             try:
                 batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
                 first_job = batch[0].number
@@ -187,8 +188,10 @@ class SearchSweeperImpl(Sweeper):
                 for offset, (trial, result) in enumerate(zip(batch, results, strict=True)):
                     tell(study, trial, result, first_job + offset)
             except BaseException:  # interrupted (Ctrl-C, SIGTERM) or the launcher broke: no trial left RUNNING
-                for trial in batch:
-                    fail_interrupted(study, trial.number, "running when the search was stopped")
+                # Also a trial asked just as the interrupt came, before it was in ``batch``.
+                for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    if trial.number >= next_number:
+                        fail_interrupted(study, trial.number, "running when the search was stopped")
                 raise
             returns.extend(results)
         return returns
