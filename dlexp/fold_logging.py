@@ -60,7 +60,6 @@ class FoldRuns(TrainingHooks):
         self.run_ids: dict[int, str] = {}  # fold -> run id (written by the writer thread)
         self.unsent: dict[int, list[Metric]] = collections.defaultdict(list)  # (writer thread)
         self.running: list[int] = []  # folds training now (training thread)
-        self.closed: set[int] = set()  # fold runs ended FINISHED (writer thread)
         self.tagged = False  # the job run has the running-fold tag (writer thread)
 
     # ---------------------------------------------------------------- training thread (hooks)
@@ -126,7 +125,6 @@ class FoldRuns(TrainingHooks):
         for future in futures:
             self.client.log_artifact(run_id, self.writer.wait_for(future))
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        self.closed.add(fold)
 
     # ---------------------------------------------------------------- the end
 
@@ -153,13 +151,11 @@ class FoldRuns(TrainingHooks):
         finally:
             self.writer.abort()
         client = MlflowClient()  # here: the helper process may be gone (SIGTERM to the process group)
-        unfinished = {run_id for fold, run_id in self.run_ids.items() if fold not in self.closed}
-        # A fold run the helper created as it was stopped is in the store but not in run_ids.
-        unfinished |= {run.info.run_id for run in client.search_runs([self.experiment_id], filter_string=(
-            f"tags.`mlflow.parentRunId` = '{self.job_run_id}' and attributes.status = 'RUNNING'"))}
-        for run_id in unfinished:
-            client.set_tag(run_id, "dlexp.error", one_line(error))
-            client.set_terminated(run_id, RunStatus.to_string(status))
+        # The store, not run_ids: the helper may have created a fold run as it was stopped, before its id came back.
+        for run in client.search_runs([self.experiment_id], filter_string=(
+                f"tags.`mlflow.parentRunId` = '{self.job_run_id}' and attributes.status = 'RUNNING'")):
+            client.set_tag(run.info.run_id, "dlexp.error", one_line(error))
+            client.set_terminated(run.info.run_id, RunStatus.to_string(status))
         if self.tagged:
             client.delete_tag(self.job_run_id, RUNNING_FOLD_TAG)
 

@@ -166,7 +166,9 @@ class SearchSweeperImpl(Sweeper):
                    "report_every": self.report_every, "trials": {}}
         returns: list[JobReturn] = []
         while True:
-            done = [t for t in study.get_trials(deepcopy=False) if INTERRUPTED_ATTR not in t.user_attrs]
+            trials = study.get_trials(deepcopy=False)
+            next_number = len(trials)  # the number of the next batch's first trial
+            done = [t for t in trials if INTERRUPTED_ATTR not in t.user_attrs]
             failures = sum(t.state == TrialState.FAIL for t in done)
             if self.max_failures is not None and failures >= self.max_failures:
                 print(f"error: search stopped: {failures} trials failed (hydra.sweeper.max_failures="
@@ -176,7 +178,6 @@ class SearchSweeperImpl(Sweeper):
             if remaining <= 0:
                 break
             batch = []
-            next_number = len(study.get_trials(deepcopy=False))  # the number of the batch's first trial
             try:
                 batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
                 first_job = batch[0].number
