@@ -97,8 +97,8 @@ def fold_objects(data, fold: int):
     import torch
     from torch import nn
 
-    from dlexp.losses import ClassificationLoss
     from dlexp.models.mlp import MLP
+    from dlexp.training.losses import ClassificationLoss
 
     torch.manual_seed(SEED + fold)
     model = MLP(data.input_shape, data.n_classes, hidden_dims=HIDDEN)
@@ -111,8 +111,8 @@ def dlexp_folds(data, folds, strategy: str) -> tuple[list[float], list[int]]:
     """dlexp's trainers on the same folds: ``train_fold`` one by one, or ``train_folds_batched``."""
     import torch
 
-    from dlexp.batched import train_folds_batched
-    from dlexp.training import train_fold
+    from dlexp.training.batched import train_folds_batched
+    from dlexp.training.loop import train_fold
 
     folds = [(torch.as_tensor(train), torch.as_tensor(val)) for train, val in folds]
     generators = [torch.Generator().manual_seed(SEED * 1000 + fold) for fold in range(1, len(folds) + 1)]
@@ -138,9 +138,9 @@ def worker(variant: str, data_dir: Path, threads: int) -> None:
     import torch
     import torch._dynamo  # noqa: F401  (torch.optim loads it on first use, ~1 s: start-up, not training)
 
-    import dlexp.batched  # noqa: F401  (every worker imports the same modules: equal baseline memory)
-    import dlexp.training  # noqa: F401
-    from dlexp.splits import kfold_indices
+    import dlexp.training.batched  # noqa: F401  (every worker imports the same modules: equal baseline memory)
+    import dlexp.training.loop  # noqa: F401
+    from dlexp.data.splits import kfold_indices
 
     torch.set_num_threads(threads)
     data = load(data_dir)

@@ -13,11 +13,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dlexp.config.validation import validate_config
 from dlexp.errors import find_user_error
 from dlexp.interrupts import sigterm_as_interrupt
-from dlexp.sweep import SweepJob
-from dlexp.validation import validate_config
-from dlexp.where import label_job_output, report_failed_run, report_run
+from dlexp.sweeps.sweep import SweepJob
+from dlexp.tracking.where import label_job_output, report_failed_run, report_run
 
 log = logging.getLogger("dlexp")
 
@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> float:
 
         with sigterm_as_interrupt(), label_job_output(job.num) if job else nullcontext():
             if job is not None:  # a sweep's job: resumable, nested under the sweep's run
-                from dlexp.search.pruning import trial_hooks  # a search's trial reports to its pruner
+                from dlexp.sweeps.search.pruning import trial_hooks  # a search's trial reports to its pruner
 
                 hooks = trial_hooks(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num),
                                     int(cfg.trainer.max_epochs))

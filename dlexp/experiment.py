@@ -2,8 +2,9 @@
 
 ``run_experiment`` is what the ``python -m dlexp`` entrypoint calls for each Hydra job; tests call it
 directly with a composed config. This file is the story of a run; the details live next to what they are
-about: live fold runs in dlexp.fold_logging, the run's pictures and files in dlexp.run_logging, the headline
-numbers and text in dlexp.summary, progress in dlexp.progress, off-thread work in dlexp.background.
+about: live fold runs in dlexp.tracking.fold_runs, the run's pictures and files in dlexp.reports.run_files, the
+headline numbers and text in dlexp.reports.summary, progress in dlexp.training.progress, off-thread work in
+dlexp.tracking.background.
 """
 
 from __future__ import annotations
@@ -20,22 +21,23 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp import plots, progress
-from dlexp.background import HelperClient, Writer, start_helper
-from dlexp.batched import batching_obstacle, train_folds_batched
-from dlexp.config import build, build_partial
+from dlexp.config.build import build, build_partial
+from dlexp.config.validation import validate_config
 from dlexp.data.protocol import ExperimentData
-from dlexp.devices import resolve_device
+from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
-from dlexp.fold_logging import FoldRuns, fold_pictures
 from dlexp.inspect import log_model_summary, summarize_model
-from dlexp.naming import SWEPT_KEYS_TAG, job_run_name
-from dlexp.run_logging import classification_pictures, data_picture, run_pictures, write_run_files
-from dlexp.splits import kfold_indices
-from dlexp.summary import accuracy, class_probabilities, summarise, summary_text
-from dlexp.tracking import flatten, git_commit, job_tags, mlflow_run, setup_experiment
-from dlexp.training import NO_HOOKS, FoldResult, HookList, TrainingHooks, train_fold
-from dlexp.validation import validate_config
+from dlexp.reports import plots
+from dlexp.reports.run_files import classification_pictures, data_picture, run_pictures, write_run_files
+from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
+from dlexp.tracking.background import HelperClient, Writer, start_helper
+from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
+from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
+from dlexp.tracking.store import flatten, git_commit, job_tags, mlflow_run, setup_experiment
+from dlexp.training import progress
+from dlexp.training.batched import batching_obstacle, train_folds_batched
+from dlexp.training.devices import resolve_device
+from dlexp.training.loop import NO_HOOKS, FoldResult, HookList, TrainingHooks, train_fold
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def build_fold_objects(cfg: DictConfig, data: ExperimentData, device: torch.devi
 def choose_strategy(requested: str, objects: FoldObjects, data) -> str:
     """``batched`` (all folds as one stacked model) where it applies, else ``sequential``.
 
-    ``auto`` picks batched only when :func:`dlexp.batched.batching_obstacle` finds nothing against it.
+    ``auto`` picks batched only when :func:`dlexp.training.batched.batching_obstacle` finds nothing against it.
     """
     if requested not in STRATEGIES:
         raise DlexpError(f"trainer.strategy={requested!r}: expected one of {', '.join(STRATEGIES)}")
@@ -93,11 +95,11 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
 
     Sequential training yields each fold as it finishes; batched training yields them all at the end.
     Both give fold ``k`` the same initial weights and the same data order (seeds of their own for each
-    (seed, fold), see dlexp.splits.fold_seed), and both tell ``hooks`` of every epoch and fold as training goes.
+    (seed, fold), see dlexp.data.splits.fold_seed), and both tell ``hooks`` of every epoch and fold as training goes.
     ``trainer.patience=null`` is no early stopping: a fold's first epoch always sets a best, so it can never
     go ``max_epochs`` epochs without improving.
     """
-    from dlexp.splits import fold_seed
+    from dlexp.data.splits import fold_seed
 
     trainer = cfg.trainer
     patience = trainer.max_epochs if trainer.patience is None else trainer.patience

@@ -19,7 +19,7 @@ import torchinfo
 from omegaconf import DictConfig, ListConfig
 from torchinfo.enums import Units
 
-from dlexp.config import build
+from dlexp.config.build import build
 from dlexp.errors import DlexpError
 
 SUMMARY_FILE = "model_summary.txt"

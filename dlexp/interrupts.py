@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 
 class Interrupted(KeyboardInterrupt):
-    """Raised by a termination signal; MLflow runs end KILLED as after Ctrl-C (dlexp.tracking)."""
+    """Raised by a termination signal; MLflow runs end KILLED as after Ctrl-C (dlexp.tracking.store)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")

@@ -1,4 +1,4 @@
-"""Batched k-fold training (dlexp.batched) against the one-by-one trainer (dlexp.training.train_fold)."""
+"""Batched k-fold training (dlexp.training.batched) against the one-by-one trainer (dlexp.training.loop.train_fold)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.nn import functional as F
 
-from dlexp.batched import StackedMLP, batching_obstacle, train_folds_batched
 from dlexp.data.points import load_point_files
+from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
 from dlexp.experiment import FoldObjects, build_fold_objects, choose_strategy, run_experiment
-from dlexp.losses import ClassificationLoss
 from dlexp.models.cnn import ConvNet
 from dlexp.models.mlp import MLP
-from dlexp.splits import kfold_indices
-from dlexp.training import evaluate, train_fold
+from dlexp.training.batched import StackedMLP, batching_obstacle, train_folds_batched
+from dlexp.training.loop import evaluate, train_fold
+from dlexp.training.losses import ClassificationLoss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "seed-data"
@@ -158,7 +158,7 @@ def test_batched_falls_back_to_public_operations_without_private_torch_apis(nois
                                                patience=4, activation=activation, optimizer=optimizer,
                                                weight_decay=0.01)
         assert_same_training(sequential, batched)
-    from dlexp.batched import ACTIVATION_OPS, StackedAdam, StackedMLP
+    from dlexp.training.batched import ACTIVATION_OPS, StackedAdam, StackedMLP
 
     model, optimizer, _, _ = make_objects(1, (2,), 3, 0.05, activation="sigmoid", optimizer="adamw")
     stacked = StackedMLP([model])
@@ -169,7 +169,7 @@ def test_batched_falls_back_to_public_operations_without_private_torch_apis(nois
 def test_fused_adam_gets_its_step_count_on_the_parameters_device(monkeypatch):
     """As torch.optim.Adam(fused=True) does: on CUDA the kernel wants the step tensor beside the params
     (a CPU step tensor fails there). The meta device stands in for a GPU."""
-    from dlexp.batched import StackedAdam
+    from dlexp.training.batched import StackedAdam
 
     calls = []
     monkeypatch.setattr(torch, "_fused_adam_", lambda params, *args, **kwargs: calls.append(args[4]))
@@ -321,7 +321,7 @@ def test_run_logs_the_same_fold_metrics_for_both_strategies(tmp_path, strategy):
 def test_a_diverging_fold_is_dropped_and_the_others_finish(noisy_folds):
     """One extra NaN point in fold 2's validation set only: batched training marks fold 2 diverged and still
     trains folds 1 and 3 to their own early stop."""
-    from dlexp.training import TrainingDiverged
+    from dlexp.training.loop import TrainingDiverged
 
     x, y, folds = noisy_folds
     x = torch.cat([x, torch.full((1, 2), float("nan"))])
@@ -339,7 +339,7 @@ def test_a_diverging_fold_is_dropped_and_the_others_finish(noisy_folds):
 
 
 def test_fold_seeds_are_distinct_for_every_seed_fold_and_stream():
-    from dlexp.splits import fold_seed
+    from dlexp.data.splits import fold_seed
 
     seeds = {(s, k, stream): fold_seed(s, k, stream) for s in range(30) for k in range(1, 11)
              for stream in ("weights", "order")}

@@ -218,7 +218,8 @@ def test_a_search_runs_its_trials_as_slurm_jobs_that_report_to_a_study_in_postgr
     sweep_dir = tmp_path / "sweep"
     result = run_dlexp(*SLURM, "hydra/sweeper=search", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
                        f"hydra.sweeper.storage={storage}", "hydra.sweeper.pruner.n_startup_trials=1",
-                       "hydra.sweeper.report_every=1", "trainer.max_epochs=3", "trainer.folds=2", "optimizer.lr=choice(0.01, 1e20)",
+                       "hydra.sweeper.report_every=1", "trainer.max_epochs=3", "trainer.folds=2",
+                       "optimizer.lr=choice(0.01, 1e20)",
                        f"tracking.uri={server}", "tracking.experiment_name=cluster_search",
                        f"hydra.sweep.dir={sweep_dir}", timeout=900)
     assert result.returncode == 2, result.stderr[-3000:]  # a failed trial: the search went on, then exit 2
@@ -273,7 +274,8 @@ def test_a_trial_cancelled_with_scancel_is_a_failed_trial_and_the_search_goes_on
     assert search.returncode == 2, stderr[-3000:]
     assert "Traceback" not in stderr
     errors = error_lines(stderr)
-    assert len(errors) == 1 and errors[0].startswith("error: job #1 (") and "ended CANCELLED" in errors[0], stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: job #1 (") and "ended CANCELLED" in errors[0], \
+        stderr[-3000:]
 
     trials = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]

@@ -14,8 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import MLP
+from dlexp.training.losses import ClassificationLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = ROOT / "docs" / "concepts.md"

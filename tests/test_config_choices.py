@@ -19,10 +19,10 @@ from omegaconf import DictConfig
 from torch import nn
 
 from dlexp.data.spiral import generate_point_data
+from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
 from dlexp.experiment import build_fold_objects, run_experiment
-from dlexp.splits import kfold_indices
-from dlexp.training import train_fold
+from dlexp.training.loop import train_fold
 
 EPOCHS = 3
 LR = 0.01  # the spiral experiment's learning rate

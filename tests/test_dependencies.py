@@ -63,7 +63,7 @@ def test_every_import_of_the_tests_is_declared():
 
 def test_versions_are_the_ones_the_code_relies_on():
     install, _ = declared()
-    # GroupKFold(shuffle=..., random_state=...) (dlexp.splits) arrived in scikit-learn 1.6.
+    # GroupKFold(shuffle=..., random_state=...) (dlexp.data.splits) arrived in scikit-learn 1.6.
     assert not install["scikit-learn"].specifier.contains("1.5.2")
     assert install["scikit-learn"].specifier.contains("1.6.0")
     # dlexp uses MLflow internals (the table-artifact tag, the SQLite store's schema set-up): a new major

@@ -14,7 +14,7 @@ from conftest import PROJECT_ROOT, QUICK, compose_config
 from dlexp import experiment
 from dlexp.experiment import run_experiment
 from dlexp.models.mlp import MLP
-from dlexp.saved import load_model
+from dlexp.models.saved import load_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -179,7 +179,7 @@ def test_course_config_on_shipped_data_reaches_97_percent(store, tmp_path):
 
 def test_a_fold_that_diverges_fails_the_run_and_keeps_the_finished_folds(store, tmp_path, monkeypatch):
     """Fold 2's loss turns NaN: fold 1 stays in the store FINISHED with its metrics, the job run is FAILED."""
-    from dlexp import training
+    from dlexp.training import loop as training
 
     real_evaluate = training.evaluate
     calls = {"n": 0}

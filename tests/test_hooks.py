@@ -1,5 +1,5 @@
-"""Training hooks (dlexp.training.TrainingHooks) hear the same story from one-by-one and batched training,
-and the sweep's "best" follows the metric's direction (dlexp.tracking.higher_is_better)."""
+"""Training hooks (dlexp.training.loop.TrainingHooks) hear the same story from one-by-one and batched training,
+and the sweep's "best" follows the metric's direction (dlexp.tracking.store.higher_is_better)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from dlexp.batched import train_folds_batched
 from dlexp.errors import DlexpError
-from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import MLP
-from dlexp.tracking import higher_is_better
-from dlexp.training import HookList, TrainingHooks, train_fold
+from dlexp.tracking.store import higher_is_better
+from dlexp.training.batched import train_folds_batched
+from dlexp.training.loop import HookList, TrainingHooks, train_fold
+from dlexp.training.losses import ClassificationLoss
 
 
 class Recorder(TrainingHooks):

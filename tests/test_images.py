@@ -24,9 +24,9 @@ from dlexp.data.images import (
     decode_rgb,
     load_image_data,
 )
+from dlexp.data.splits import holdout_indices, kfold_indices
 from dlexp.errors import DlexpError
 from dlexp.models.backbones import torchvision_classifier
-from dlexp.splits import holdout_indices, kfold_indices
 
 CLASSES = ["Apis mellifera", "Bombus terrestris", "Osmia bicornis"]
 # (mode, format): grayscale, RGBA, CMYK and 16-bit images must all come out as 3-channel uint8.
@@ -271,8 +271,8 @@ def test_a_frozen_backbone_does_not_change_in_training():
     even BatchNorm's running statistics (its 34 BatchNorm layers used to update them while frozen)."""
     from conftest import compose_config
 
-    from dlexp.config import build
-    from dlexp.training import train_fold
+    from dlexp.config.build import build
+    from dlexp.training.loop import train_fold
 
     cfg = compose_config(["+experiment=insects", "model=mobilenet_v3_small", "model.freeze=true",
                           "model.weights=null"])

@@ -53,7 +53,7 @@ def test_grouped_experiment_end_to_end(store):
     assert parent.info.status == "FINISHED" and len(folds) == 3
     assert metrics["test_acc_grouped"] == pytest.approx(summary["test_acc"])
     # Three whole specimens (one per species) are unseen: chance is 1/3; a few epochs already do better
-    # for the reported fold (50.4% with the per-fold seeds of dlexp.splits.fold_seed; the folds' mean is
+    # for the reported fold (50.4% with the per-fold seeds of dlexp.data.splits.fold_seed; the folds' mean is
     # 36.9% after 6 epochs, was 55% with the old seed + fold; the README's longer runs average 55%).
     assert metrics["test_acc_grouped"] > 0.40 and metrics["test_acc_fold_mean"] > 0.34
     assert {f"test_acc_class.{s}" for s in SPECIES} <= set(metrics)

@@ -13,10 +13,11 @@ import pytest
 from conftest import PROJECT_ROOT, QUICK, compose_config
 from PIL import Image
 
-from dlexp import experiment, fold_logging
+from dlexp import experiment
 from dlexp.experiment import run_experiment
 from dlexp.interrupts import Interrupted
-from dlexp.training import HookList, TrainingHooks
+from dlexp.tracking import fold_runs as fold_logging
+from dlexp.training.loop import HookList, TrainingHooks
 
 HISTORY = ("train_loss", "val_loss", "val_acc", "lr")
 

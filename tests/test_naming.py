@@ -10,7 +10,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from sweep_support import TINY, run_dlexp, runs_by_kind, sqlite_store
 
-from dlexp.naming import (
+from dlexp.tracking.naming import (
     fold_run_name,
     job_run_name,
     override_labels,
@@ -18,8 +18,8 @@ from dlexp.naming import (
     sweep_run_name,
     swept_keys,
 )
-from dlexp.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, setup_experiment
-from dlexp.where import JobLabel, ui_command, ui_url
+from dlexp.tracking.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, setup_experiment
+from dlexp.tracking.where import JobLabel, ui_command, ui_url
 
 WHEN = datetime(2026, 11, 25, 15, 40)
 STORE = ["tracking.uri=sqlite:////tmp/x/mlflow.db", "tracking.artifact_location=/tmp/x/artifacts"]

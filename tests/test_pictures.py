@@ -16,12 +16,13 @@ from conftest import QUICK, compose_config
 from matplotlib.collections import PathCollection
 from PIL import Image
 
-from dlexp import background, plots
 from dlexp.data.images import load_image_data
 from dlexp.data.points import load_point_files
+from dlexp.data.splits import kfold_indices
 from dlexp.experiment import run_experiment
-from dlexp.saved import load_model
-from dlexp.splits import kfold_indices
+from dlexp.models.saved import load_model
+from dlexp.reports import plots
+from dlexp.tracking import background
 
 MARK = re.compile(r"^(validation|misclassified) \((\d+)\)$")
 

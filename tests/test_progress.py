@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import PROJECT_ROOT, QUICK
 
-from dlexp import progress
-from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import MLP
-from dlexp.training import train_fold
+from dlexp.training import progress
+from dlexp.training.loop import train_fold
+from dlexp.training.losses import ClassificationLoss
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +43,9 @@ def train_one_fold(hooks, epochs=5):
 def test_without_a_terminal_training_progress_is_log_lines(monkeypatch, caplog):
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)
-    with caplog.at_level(logging.INFO, logger="dlexp.progress"):
+    with caplog.at_level(logging.INFO, logger="dlexp.training.progress"):
         result = train_one_fold(progress.training_progress(3, 5, batched=False))
-    lines = [r.getMessage() for r in caplog.records if r.name == "dlexp.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dlexp.training.progress"]
     assert len(lines) == 5
     best = min(result.history["val_loss"])
     assert lines[-1] == (f"fold 1/3: 5/5 epochs, train loss {result.history['train_loss'][-1]:.4f}, "
@@ -55,9 +55,9 @@ def test_without_a_terminal_training_progress_is_log_lines(monkeypatch, caplog):
 def test_without_a_terminal_lines_come_at_a_modest_rate(monkeypatch, caplog):
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="dlexp.progress"):
+    with caplog.at_level(logging.INFO, logger="dlexp.training.progress"):
         train_one_fold(progress.training_progress(1, 50, batched=False), epochs=50)
-    lines = [r for r in caplog.records if r.name == "dlexp.progress"]
+    lines = [r for r in caplog.records if r.name == "dlexp.training.progress"]
     assert len(lines) <= (time.monotonic() - started) // progress.LOG_SECONDS  # one per 10 s at most
 
 
@@ -65,7 +65,7 @@ def test_batched_progress_counts_the_folds_still_training(monkeypatch, caplog):
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)
     shown = progress.training_progress(3, 10, batched=True)
-    with caplog.at_level(logging.INFO, logger="dlexp.progress"):
+    with caplog.at_level(logging.INFO, logger="dlexp.training.progress"):
         for fold in (1, 2, 3):
             shown.fold_start(fold)
         shown.epoch_end(1, 1, {"train_loss": 1.0, "val_loss": 0.9, "val_acc": 0.5})
@@ -80,7 +80,7 @@ def test_decoding_progress_counts_images(monkeypatch, caplog):
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)
     batches = [torch.zeros(32, 3, 4, 4), torch.zeros(32, 3, 4, 4), torch.zeros(6, 3, 4, 4)]
-    with caplog.at_level(logging.INFO, logger="dlexp.progress"):
+    with caplog.at_level(logging.INFO, logger="dlexp.training.progress"):
         assert list(progress.track(batches, 70, "decoding images", "image", size=len)) == batches
     assert [r.getMessage() for r in caplog.records] == [
         "decoding images: 32/70 images", "decoding images: 64/70 images", "decoding images: 70/70 images"]
@@ -90,7 +90,7 @@ def test_progress_false_shows_nothing(monkeypatch, caplog):
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     monkeypatch.setattr(progress, "LOG_SECONDS", 0.0)
     progress.configure(False)
-    with caplog.at_level(logging.INFO, logger="dlexp.progress"):
+    with caplog.at_level(logging.INFO, logger="dlexp.training.progress"):
         train_one_fold(progress.training_progress(1, 5, batched=False))
         list(progress.track(range(5), 5, "decoding images", "image"))
     assert not caplog.records

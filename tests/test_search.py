@@ -1,4 +1,4 @@
-"""dlexp's hyperparameter search (hydra/sweeper=search, dlexp/search/) as users run it: failed trials are
+"""dlexp's hyperparameter search (hydra/sweeper=search, dlexp/sweeps/search/) as users run it: failed trials are
 results, a stopped search resumes, trials are pruned, the direction follows the metric, parallel trials."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from sweep_support import ROOT, TINY, run_dlexp, runs_by_kind, sqlite_store, stop_when
 
-from dlexp.search.space import parse_search_space
-from dlexp.search.study import INTERRUPTED_ATTR
+from dlexp.sweeps.search.space import parse_search_space
+from dlexp.sweeps.search.study import INTERRUPTED_ATTR
 
 SEARCH = ["-m", "hydra/sweeper=search"]
 
@@ -277,14 +277,14 @@ class FakeTrial:
 def fold_result(fold: int, best_val_acc: float, best_val_loss: float):
     import torch
 
-    from dlexp.training import FoldResult
+    from dlexp.training.loop import FoldResult
 
     return FoldResult(fold=fold, train_indices=torch.arange(2), val_indices=torch.arange(2),
                       best_val_acc=best_val_acc, best_val_loss=best_val_loss)
 
 
 def test_reporter_reports_every_few_epochs_of_the_folds_in_training():
-    from dlexp.search.pruning import TrialReporter
+    from dlexp.sweeps.search.pruning import TrialReporter
 
     # One by one (max_epochs 3): fold 2's epochs are steps 3 + epoch; the value is the mean of the folds begun.
     trial = FakeTrial()
@@ -318,8 +318,8 @@ def test_reporter_reports_every_few_epochs_of_the_folds_in_training():
 def test_a_trial_that_cannot_reach_its_study_trains_without_pruning(tmp_path, caplog):
     import json
 
-    from dlexp.search.pruning import trial_hooks
-    from dlexp.training import NO_HOOKS
+    from dlexp.sweeps.search.pruning import trial_hooks
+    from dlexp.training.loop import NO_HOOKS
 
     (tmp_path / "search.json").write_text(json.dumps({
         "storage": f"sqlite:///{tmp_path}/optuna.db", "study": "missing", "report_every": 10,
@@ -331,7 +331,7 @@ def test_a_trial_that_cannot_reach_its_study_trains_without_pruning(tmp_path, ca
 
 def test_pruners_by_name_and_by_target():
     from dlexp.errors import DlexpError
-    from dlexp.search.sweeper import SearchSweeperImpl
+    from dlexp.sweeps.search.sweeper import SearchSweeperImpl
 
     def spec(pruner):
         return SearchSweeperImpl(pruner=pruner).pruner_spec()

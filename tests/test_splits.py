@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
-from dlexp.splits import kfold_indices
 
 LABELS = np.repeat(np.arange(5), [40, 37, 45, 38, 40])
 

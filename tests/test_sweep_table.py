@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sweep_support import ROOT, TINY, run_dlexp, runs_by_kind, sqlite_store
 
-from dlexp import tracking
-from dlexp.sweep import log_jobs_table
+from dlexp.sweeps.sweep import log_jobs_table
+from dlexp.tracking import store as tracking
 
 
 @pytest.fixture

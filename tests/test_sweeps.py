@@ -242,4 +242,4 @@ def test_slurm_launcher_config_composes_with_cluster_settings():
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 60)
     assert launcher.setup == ["export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK"]
-    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "dlexp.sweep.SweepRun"
+    assert cfg.hydra.callbacks.mlflow_sweep._target_ == "dlexp.sweeps.sweep.SweepRun"

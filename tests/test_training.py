@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlexp import training
-from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import MLP
-from dlexp.training import EarlyStopping, clone_state, train_fold
+from dlexp.training import loop as training
+from dlexp.training.loop import EarlyStopping, clone_state, train_fold
+from dlexp.training.losses import ClassificationLoss
 
 
 def test_early_stopping_counts_epochs_without_improvement():

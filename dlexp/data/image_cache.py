@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from dlexp import progress
 from dlexp.data.image_dataset import CsvImageDataset
+from dlexp.training import progress
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dlexp.data.image_source import ImageSource
 from dlexp.data.image_table import has_column, read_image_table
 from dlexp.data.image_transforms import IMAGENET_MEAN, IMAGENET_STD, BatchTransform, augmentation
 from dlexp.data.protocol import ExperimentData
+from dlexp.data.splits import holdout_indices
 from dlexp.errors import DlexpError
-from dlexp.splits import holdout_indices
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "BatchTransform", "CsvImageDataset", "ImageData", "ImageSource",

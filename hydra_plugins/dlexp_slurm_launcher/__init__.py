@@ -1,11 +1,11 @@
-"""dlexp's SLURM launcher (:class:`dlexp.slurm.SlurmLauncher`), registered where Hydra looks for launchers.
+"""dlexp's SLURM launcher (:class:`dlexp.sweeps.slurm.SlurmLauncher`), registered where Hydra looks for launchers.
 
 Hydra instantiates only plugin classes defined under the ``hydra_plugins`` namespace package, so the class
-that conf/hydra/launcher/slurm.yaml names lives here; the code is in dlexp/slurm.py.
+that conf/hydra/launcher/slurm.yaml names lives here; the code is in dlexp/sweeps/slurm.py.
 """
 
-from dlexp.slurm import SlurmLauncher as _DlexpSlurmLauncher
+from dlexp.sweeps.slurm import SlurmLauncher as _DlexpSlurmLauncher
 
 
 class SlurmLauncher(_DlexpSlurmLauncher):
-    """Hydra's submitit SLURM launcher that survives cluster faults (see dlexp.slurm)."""
+    """Hydra's submitit SLURM launcher that survives cluster faults (see dlexp.sweeps.slurm)."""

@@ -6,7 +6,7 @@ Hydra's per-job folders never scatter stores around. ``tracking.uri`` may point 
 Parallel jobs may share the SQLite file: MLflow (3.x) already gives every session
 ``PRAGMA busy_timeout = 20000`` (mlflow/store/db/utils.py), and ``setup_experiment`` switches the file to
 write-ahead logging so readers never block the writer. Concurrent first-time schema migrations are what
-breaks: a sweep creates its store in its own process (dlexp.sweep) before any job starts, and separate
+breaks: a sweep creates its store in its own process (dlexp.sweeps.sweep) before any job starts, and separate
 commands take turns through a lock file beside the store (``first_use_lock``).
 """
 
@@ -314,3 +314,11 @@ def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | No
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+def job_run(client, experiment_id: str, output_dir: Path):
+    """The run a job started (its output folder is tagged on it), or None if it got no run."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`dlexp.output_dir` = '{output_dir}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0] if runs else None

@@ -22,8 +22,8 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import DlexpError
-from dlexp.search.space import SearchSpace, parse_search_space
-from dlexp.search.study import INTERRUPTED_ATTR, default_storage, hide_password, open_storage, write_handoff
+from dlexp.sweeps.search.space import SearchSpace, parse_search_space
+from dlexp.sweeps.search.study import INTERRUPTED_ATTR, default_storage, hide_password, open_storage, write_handoff
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class SearchSweeperImpl(Sweeper):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         returns = self.run_trials(study, space, pruner)
-        from dlexp.search.report import report_search
+        from dlexp.sweeps.search.report import report_search
 
         report_search(study, self.storage_url, space, self.sweep_dir, self.config)
         return returns
@@ -105,8 +105,8 @@ class SearchSweeperImpl(Sweeper):
         """Create the study or continue the same command's; trials left RUNNING by a stopped search FAIL."""
         import optuna
 
-        from dlexp.sweep import sweep_hash
-        from dlexp.tracking import higher_is_better
+        from dlexp.sweeps.sweep import sweep_hash
+        from dlexp.tracking.store import higher_is_better
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         tracking = self.config.tracking
@@ -204,7 +204,7 @@ def tell(study, trial, result: JobReturn, job: int) -> None:
 
     from optuna.trial import TrialState
 
-    from dlexp.sweep import JOB_FILE
+    from dlexp.sweeps.sweep import JOB_FILE
 
     record_file = Path(str(result.hydra_cfg.hydra.runtime.output_dir)) / JOB_FILE if result.hydra_cfg else None
     record = json.loads(record_file.read_text()) if record_file and record_file.exists() else {}

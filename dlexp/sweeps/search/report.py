@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp.search.space import SearchSpace
-from dlexp.search.study import INTERRUPTED_ATTR, hide_password
+from dlexp.sweeps.search.space import SearchSpace
+from dlexp.sweeps.search.study import INTERRUPTED_ATTR, hide_password
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def log_on_sweep_run(sweep_dir: Path, config: DictConfig, results: dict, picture
     """Attach the results to the sweep's run (SweepRun opened it; it ends it after the sweeper returns)."""
     from mlflow.tracking import MlflowClient
 
-    from dlexp.sweep import SWEEP_FILE
+    from dlexp.sweeps.sweep import SWEEP_FILE
 
     if not (sweep_dir / SWEEP_FILE).exists():
         return

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dlexp.losses import ClassificationLoss
 from dlexp.models.mlp import ACTIVATIONS
-from dlexp.training import NO_HOOKS, EarlyStopping, FoldResult, TrainingDiverged, TrainingHooks, check_finite
+from dlexp.training.loop import NO_HOOKS, EarlyStopping, FoldResult, TrainingDiverged, TrainingHooks, check_finite
+from dlexp.training.losses import ClassificationLoss
 
 log = logging.getLogger(__name__)
 

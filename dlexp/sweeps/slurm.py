@@ -10,7 +10,7 @@ preemption), so ``scancel`` or a requeue killed it after ``KillWait`` with its M
   silently is noticed soon), and a job that left no result does not stop the sweep: its run, if still
   RUNNING, is ended (KILLED if SLURM cancelled the job, else FAILED), its folder gets the record and
   ``FAILED.txt`` a failing job leaves, and the sweeper gets NaN for it, as for a job that failed with a
-  user error; the sweep's end lists it with one line and exits 2 (dlexp.sweep.SweepRun);
+  user error; the sweep's end lists it with one line and exits 2 (dlexp.sweeps.sweep.SweepRun);
 - Ctrl-C of the sweep cancels its jobs, which then end their runs KILLED.
 """
 
@@ -138,7 +138,8 @@ def record_dead_job(sweep_config: DictConfig, reason: str, killed: bool) -> Path
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
-    from dlexp.sweep import PARENT_TAG, SWEEP_FILE, SweepJob, job_folders, job_run
+    from dlexp.sweeps.sweep import PARENT_TAG, SWEEP_FILE, SweepJob, job_folders
+    from dlexp.tracking.store import job_run
 
     num = int(sweep_config.hydra.job.num)
     sweep_dir = Path(str(sweep_config.hydra.sweep.dir)).resolve()

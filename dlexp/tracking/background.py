@@ -40,11 +40,11 @@ def _start_helper() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import mlflow.tracking  # noqa: F401  (loaded once, before the first write or picture is asked for)
 
-    import dlexp.plots  # noqa: F401
+    import dlexp.reports.plots  # noqa: F401
 
 
 def _render(function: str, path: str, args: tuple, kwargs: dict) -> str:
-    from dlexp import plots
+    from dlexp.reports import plots
 
     return str(getattr(plots, function)(Path(path), *args, **kwargs))
 
@@ -94,7 +94,7 @@ def helper_possible() -> bool:
 
 
 def render(function: str, path: Path, *args, **kwargs) -> Future:
-    """``dlexp.plots.<function>(path, *args, **kwargs)`` in the helper process; the future gives the path."""
+    """``dlexp.reports.plots.<function>(path, *args, **kwargs)`` in the helper process; the future gives the path."""
     if not helper_possible():
         future: Future = Future()
         future.set_result(_render(function, str(path), args, kwargs))

@@ -3,7 +3,7 @@ and image grids. Each function writes one PNG.
 
 Matplotlib runs headless (Agg) and every figure is closed after saving, so sweeps don't leak memory. Every
 PNG is written under a temporary name and renamed into place, so a run stopped mid-picture never leaves a
-half-written file. Only the image grid imports torch (when called): dlexp.background renders these in a
+half-written file. Only the image grid imports torch (when called): dlexp.tracking.background renders these in a
 helper process that should start fast, so arrays come in as numpy.
 """
 

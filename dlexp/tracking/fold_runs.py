@@ -6,7 +6,7 @@ it is closed FINISHED when the fold stops, with its best epoch, test accuracy an
 run carries the tag ``dlexp.running_fold`` (the folds still training) until training ends.
 
 Runs are addressed by id through ``MlflowClient`` (not MLflow's active-run stack), because batched training
-runs all folds at once. Every write goes through one writer thread (dlexp.background) in order and is made
+runs all folds at once. Every write goes through one writer thread (dlexp.tracking.background) in order and is made
 in the helper process that also draws the pictures, so a fold's run ends only after everything it promised
 is in the store, and the store's work does not take turns with training. A fold that stopped is finished,
 and stays so when the run is interrupted later (batched training included); folds still training end with
@@ -27,10 +27,10 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
 
-from dlexp.background import HelperClient, Writer
-from dlexp.naming import fold_run_name
-from dlexp.tracking import one_line
-from dlexp.training import FoldResult, TrainingHooks
+from dlexp.tracking.background import HelperClient, Writer
+from dlexp.tracking.naming import fold_run_name
+from dlexp.tracking.store import one_line
+from dlexp.training.loop import FoldResult, TrainingHooks
 
 FLUSH_SECONDS = 2.0  # how often a running fold's new epochs are written
 RUNNING_FOLD_TAG = "dlexp.running_fold"
@@ -167,7 +167,7 @@ def fold_pictures(writer: Writer, result: FoldResult, model: torch.nn.Module, fo
     futures = [writer.render("plot_loss_curves", fold_dir / "loss_curve.png", {label: result.history},
                       {label: result.best_epoch})]
     if grid is not None:
-        from dlexp.run_logging import predict_regions
+        from dlexp.reports.run_files import predict_regions
 
         x_train, y_train = data.x_train.numpy(), data.y_train.numpy()
         is_val = np.zeros(len(y_train), dtype=bool)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dlexp.data.protocol import ExperimentData
-from dlexp.training import FoldResult, predict_logits
+from dlexp.training.loop import FoldResult, predict_logits
 
 
 def class_probabilities(model: torch.nn.Module, x: torch.Tensor, transform=None) -> torch.Tensor:

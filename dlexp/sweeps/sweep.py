@@ -13,7 +13,7 @@ Stopping: ``kill`` of the sweep's process ends it like Ctrl-C; jobs that their l
 (joblib SIGKILLs its workers when the sweep stops or a job raises) are ended KILLED by the sweep's end.
 
 Resuming: rerunning the same sweep command reuses the same parent run, so a resumed sweep stays one group in
-the UI. Each job run carries its config and code hashes (dlexp.tracking.config_hash, code_hash); with
+the UI. Each job run carries its config and code hashes (dlexp.tracking.store.config_hash, code_hash); with
 ``tracking.resume`` a job whose config already FINISHED in this sweep, with the same code, is skipped and
 reuses that run. Runs outside the sweep (a standalone run, another sweep) are never reused, and a run made
 by other code is named in a warning and trained again.
@@ -36,8 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import find_user_error
 from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
-from dlexp.naming import SWEPT_KEYS_TAG, override_labels, short_overrides, sweep_run_name, swept_keys
-from dlexp.where import sweep_report
+from dlexp.sweeps.search.pruning import PRUNED_TAG
+from dlexp.tracking.naming import SWEPT_KEYS_TAG, override_labels, short_overrides, sweep_run_name, swept_keys
+from dlexp.tracking.store import job_run
+from dlexp.tracking.where import sweep_report
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,6 @@ JOB_FILE = "dlexp_job.json"
 SWEEP_HASH_TAG = "dlexp.sweep_hash"
 PARENT_TAG = "mlflow.parentRunId"
 ORPHAN_REASON = "Interrupted: the launcher ended the job's process with the sweep"
-PRUNED_TAG = "dlexp.pruned"  # a search's trial its pruner stopped early (dlexp.search.pruning)
 DONE = {"FINISHED", "PRUNED"}  # job statuses that are results, not failures
 
 
@@ -78,7 +79,7 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dlexp.errors import DlexpError
-        from dlexp.tracking import higher_is_better
+        from dlexp.tracking.store import higher_is_better
 
         try:  # a bad mode would otherwise surface only when the jobs are done
             higher_is_better(str(config.tracking.best_metric), str(config.tracking.best_metric_mode))
@@ -88,7 +89,7 @@ class SweepRun(Callback):
         try:
             self.open_run(config)
         except Exception as error:  # Hydra would only warn and run every job untracked: stop instead
-            from dlexp.tracking import one_line
+            from dlexp.tracking.store import one_line
 
             reason = find_user_error(error) or f"{config.tracking.uri}: {one_line(error)}"
             print(f"error: the sweep's MLflow run could not be opened: {reason}", file=sys.stderr)
@@ -109,7 +110,7 @@ class SweepRun(Callback):
         """Create the store and the experiment if needed, and the sweep's run (or reopen the same sweep's)."""
         from mlflow.tracking import MlflowClient
 
-        from dlexp.tracking import setup_experiment
+        from dlexp.tracking.store import setup_experiment
 
         tracking = config.tracking
         # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
@@ -156,7 +157,7 @@ class SweepRun(Callback):
         from mlflow.entities import RunStatus
         from mlflow.tracking import MlflowClient
 
-        from dlexp.tracking import higher_is_better
+        from dlexp.tracking.store import higher_is_better
 
         client = MlflowClient()
         if self.took_sigterm:
@@ -209,7 +210,7 @@ def report_progress(sweep_dir: Path) -> None:
 def end_orphaned_job_runs(client, experiment_id: str, sweep_run_id: str) -> None:
     """End KILLED the job runs of the sweep that are still RUNNING, with their fold runs.
 
-    A job's own process ends its run on every path it survives (``dlexp.tracking.mlflow_run``), but not
+    A job's own process ends its run on every path it survives (``dlexp.tracking.store.mlflow_run``), but not
     SIGKILL, which is how joblib stops the other workers once a job raised or the sweep was interrupted.
     Each such job also gets the record and ``FAILED.txt`` its folder would have got.
     """
@@ -261,14 +262,6 @@ def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str]
     return sorted(rows, key=lambda row: row["job"])
 
 
-def job_run(client, experiment_id: str, output_dir: Path):
-    """The run a job started (its output folder is tagged on it), or None if it got no run."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`dlexp.output_dir` = '{output_dir}'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )
-    return runs[0] if runs else None
-
 
 def best_row(rows: list[dict], metric: str, higher: bool) -> dict | None:
     """The FINISHED job with the highest ``metric`` (``higher``) or the lowest; None if none has it."""
@@ -299,10 +292,10 @@ def log_table_artifact(client, run_id: str, table, sweep_dir: Path) -> None:
 
 def log_jobs_table(client, run_id: str, rows: list[dict], metric: str, mode: str, sweep_dir: Path) -> None:
     """The table as ``sweep_jobs.json`` (MLflow's table artifact) and ``sweep_jobs.csv``; names the best job
-    by ``metric``, highest or lowest as ``dlexp.tracking.higher_is_better(metric, mode)`` says."""
+    by ``metric``, highest or lowest as ``dlexp.tracking.store.higher_is_better(metric, mode)`` says."""
     import pandas as pd
 
-    from dlexp.tracking import higher_is_better
+    from dlexp.tracking.store import higher_is_better
 
     table = pd.DataFrame(rows)
     table.to_csv(sweep_dir / "sweep_jobs.csv", index=False)
@@ -358,8 +351,8 @@ class SweepJob:
         Returns the job's ``tracking.best_metric`` for sweepers. A user error fails only this job (NaN is
         returned, the sweep goes on and exits 2 at its end); the record is written on every path.
         """
-        from dlexp.search.pruning import is_pruned, record_pruned
-        from dlexp.tracking import one_line, setup_experiment
+        from dlexp.sweeps.search.pruning import is_pruned, record_pruned
+        from dlexp.tracking.store import one_line, setup_experiment
 
         tracking = cfg.tracking
         experiment_id = setup_experiment(tracking.uri, tracking.experiment_name, tracking.artifact_location)
@@ -393,7 +386,13 @@ class SweepJob:
 
         A run of the config that other code made is named in a warning: it is trained again, not reused.
         """
-        from dlexp.tracking import CODE_HASH_TAG, code_hash, config_hash, find_finished_run, finished_with_other_code
+        from dlexp.tracking.store import (
+            CODE_HASH_TAG,
+            code_hash,
+            config_hash,
+            find_finished_run,
+            finished_with_other_code,
+        )
 
         hashed = config_hash(cfg)
         if (previous := find_finished_run(experiment_id, hashed, self.parent_run_id)) is not None:

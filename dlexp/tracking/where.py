@@ -121,7 +121,7 @@ def report_run(cfg, output_dir: str | Path, job_num: int | None = None) -> None:
     """Log where a finished job's results went (the run is found by its folder's tag, however it ended)."""
     from mlflow.tracking import MlflowClient
 
-    from dlexp.sweep import job_run
+    from dlexp.tracking.store import job_run
 
     tracking = cfg.tracking
     client = MlflowClient(str(tracking.uri))

@@ -96,7 +96,7 @@ class FoldResult:
 class TrainingHooks:
     """What training tells the rest of a run while it goes (progress, live metrics, pruning).
 
-    Both paths call them: one-by-one training (``train_fold``) and all folds at once (dlexp.batched),
+    Both paths call them: one-by-one training (``train_fold``) and all folds at once (dlexp.training.batched),
     where ``fold_start`` comes for every fold before the first epoch and ``fold_end`` when a fold stops
     (its result then holds its best weights in ``state_dict``). Every method here does nothing; override
     what you need. An exception raised in a hook stops training and propagates (a pruned trial does that).

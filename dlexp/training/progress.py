@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from dlexp.training import FoldResult, TrainingHooks
+from dlexp.training.loop import FoldResult, TrainingHooks
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A job's own pictures and files, and which pictures a run gets: the data, the loss curves of every
 fold, the reported model's decision regions, confusion matrix and per-class accuracy, misclassified images.
 
-Pictures are drawn in the helper process (dlexp.background) and logged by the writer thread as they come;
+Pictures are drawn in the helper process (dlexp.tracking.background) and logged by the writer thread as they come;
 the run's model and summary files are written only after every picture is in, so a run stopped on the
 way has none of them (its folder gets FAILED.txt instead).
 """
@@ -17,10 +17,10 @@ import mlflow
 import numpy as np
 import torch
 
-from dlexp import plots
-from dlexp.background import Writer
-from dlexp.summary import class_probabilities, summary_text
-from dlexp.training import FoldResult
+from dlexp.reports import plots
+from dlexp.reports.summary import class_probabilities, summary_text
+from dlexp.tracking.background import Writer
+from dlexp.training.loop import FoldResult
 
 
 def predict_regions(model: torch.nn.Module, grid, device: torch.device) -> np.ndarray:
@@ -53,7 +53,7 @@ def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
                             predicted: torch.Tensor, here: bool = False) -> list[Future]:
     """The reported model on the test set: confusion matrix and per-class accuracy (pictures and metrics),
     for images the misclassified test images, and for a grouped split the headline ``test_acc_grouped``.
-    ``here``: draw them in this process (see dlexp.background.Writer.render)."""
+    ``here``: draw them in this process (see dlexp.tracking.background.Writer.render)."""
     y_test = data.y_test.numpy()
     predicted = predicted.numpy()
     title = f"fold {summary['best_fold']} model on the test set: {summary['test_acc']:.1%}"

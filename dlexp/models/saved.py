@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from dlexp.config import build
+from dlexp.config.build import build
 from dlexp.errors import DlexpError
 
 

@@ -82,6 +82,6 @@ def validate_config(cfg: DictConfig) -> None:
         if not ok(value):
             shown = OmegaConf.to_container(value) if isinstance(value, ListConfig | DictConfig) else value
             raise DlexpError(f"{key}={shown!r}: expected {allowed}")
-    from dlexp.devices import resolve_device
+    from dlexp.training.devices import resolve_device
 
     resolve_device(str(OmegaConf.select(cfg, "trainer.device", default="cpu")))

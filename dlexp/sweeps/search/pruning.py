@@ -17,10 +17,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from dlexp.sweep import PRUNED_TAG
-from dlexp.training import NO_HOOKS, FoldResult, TrainingHooks
+from dlexp.training.loop import NO_HOOKS, FoldResult, TrainingHooks
 
 log = logging.getLogger(__name__)
+
+PRUNED_TAG = "dlexp.pruned"  # a search's trial its pruner stopped early
 
 TRIAL_TAG = "dlexp.trial"
 
@@ -89,7 +90,7 @@ class TrialReporter(TrainingHooks):
 
 def trial_hooks(sweep_dir: Path, job_num: int, max_epochs: int) -> TrainingHooks:
     """The reporter for this job if it is a trial of a search with a pruner, else hooks that do nothing."""
-    from dlexp.search.study import read_handoff
+    from dlexp.sweeps.search.study import read_handoff
 
     handoff = read_handoff(sweep_dir)
     if handoff is None or handoff.get("pruner") is None or str(job_num) not in handoff["trials"]:
@@ -97,7 +98,7 @@ def trial_hooks(sweep_dir: Path, job_num: int, max_epochs: int) -> TrainingHooks
     import optuna
     from hydra.utils import instantiate
 
-    from dlexp.search.study import open_storage
+    from dlexp.sweeps.search.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     number = int(handoff["trials"][str(job_num)])
