@@ -1,4 +1,11 @@
-"""dlexp: Hydra-configured deep-learning experiments with k-fold training and MLflow tracking."""
+"""dlexp: Hydra-configured deep-learning experiments with k-fold training and MLflow tracking.
+
+From Python or a notebook (dlexp.api; imported on first use, so ``import dlexp`` stays cheap):
+``dlexp.run(overrides)`` trains one experiment and returns a :class:`~dlexp.api.RunResult` (run id,
+summary, per-fold table, models, pictures); ``dlexp.sweep(overrides)`` runs a sweep and returns its jobs
+table; ``dlexp.load_runs(experiment)`` reads an experiment's runs from any MLflow store as a DataFrame;
+``dlexp.compose(overrides)`` gives the composed config, ``dlexp.model_summary(overrides)`` the model's layers.
+"""
 
 from pathlib import Path
 
@@ -18,3 +25,20 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
+
+
+#: The public API, in dlexp.api (loaded on first access).
+__all__ = ["PROJECT_ROOT", "RunResult", "SweepResult", "compose", "load_runs", "model_summary", "run", "sweep"]
+_API = {"RunResult", "SweepResult", "compose", "load_runs", "model_summary", "run", "sweep"}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from dlexp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dlexp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -137,13 +137,37 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
         yield result, objects.model
 
 
+@dataclass
+class ExperimentOutcome:
+    """What a finished run leaves in memory besides its files and MLflow run (for dlexp.api).
+
+    ``results[i]`` and ``models[i]`` are fold ``results[i].fold``'s result and model (best weights, on the
+    training device); ``best_model`` is the reported model (lowest validation loss), one of ``models``.
+    """
+
+    summary: dict
+    run_id: str
+    results: list[FoldResult]
+    models: list[torch.nn.Module]
+    best_model: torch.nn.Module
+    data: ExperimentData
+
+
 def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
                    extra_tags: dict[str, str] | None = None, hooks: TrainingHooks = NO_HOOKS) -> dict:
     """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow.
 
     ``extra_tags`` go on the run as well (a sweep job passes ``mlflow.parentRunId`` to nest under its sweep);
     ``hooks`` hear of every epoch and fold (a search's trial reports to its pruner through them).
+    Returns the summary numbers (dlexp.reports.summary.summarise); :func:`experiment_outcome` returns more.
     """
+    return experiment_outcome(cfg, output_dir, overrides, extra_tags, hooks).summary
+
+
+def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
+                       extra_tags: dict[str, str] | None = None,
+                       hooks: TrainingHooks = NO_HOOKS) -> ExperimentOutcome:
+    """:func:`run_experiment`, returning the run id, fold results and models as well as the summary."""
     validate_config(cfg)
     progress.configure(trainer_progress(cfg))
     start_helper()  # the picture process starts while the data loads
@@ -218,7 +242,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         for path in write_run_files(output_dir, summary, best_model, data):
             mlflow.log_artifact(str(path))
     log.info("\n%s", summary_text(summary, data))
-    return summary
+    return ExperimentOutcome(summary, run_id, results, models, best_model, data)
 
 
 def fold_dir(output_dir: Path, fold: int) -> Path:

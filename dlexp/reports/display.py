@@ -1,0 +1,69 @@
+"""Showing a run's pictures and log lines where the user is: inline in Jupyter, else in a window.
+
+A notebook's kernel shows nothing of the ``dlexp`` logger (Python's root logger has no handler there and
+drops INFO), so ``visible_logs`` gives it handlers of its own for the length of an API call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from dlexp.training.progress import in_notebook
+
+#: Hydra's default job log format (hydra/job_logging/default), so lines read as the command's do.
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def show_pictures(paths: Sequence[Path], width: int | None = None) -> None:
+    """Display PNGs inline in Jupyter (``IPython.display.Image``, ``width`` in pixels), else with
+    matplotlib, one figure each (``plt.show()`` blocks until they are closed in a script)."""
+    if in_notebook():
+        from IPython.display import Image, display
+
+        for path in paths:
+            display(Image(filename=str(path), width=width))
+        return
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    for path in paths:
+        figure, axes = plt.subplots()
+        axes.imshow(matplotlib.image.imread(str(path)))
+        axes.set_axis_off()
+        axes.set_title(Path(path).name)
+        figure.tight_layout()
+    plt.show()
+
+
+@contextmanager
+def visible_logs(level: int | str | None, log_file: Path | None = None) -> Iterator[None]:
+    """While inside: the ``dlexp`` logger's lines from ``level`` up go to ``sys.stdout`` (and to
+    ``log_file`` when given), and not on to the root logger (no doubled lines where it has handlers).
+    ``level=None`` leaves logging as it is. The logger's level, handlers and propagation are restored."""
+    if level is None:
+        yield
+        return
+    logger = logging.getLogger("dlexp")
+    formatter = logging.Formatter(LOG_FORMAT)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    saved = logger.level, logger.propagate
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
