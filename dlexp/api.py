@@ -72,22 +72,31 @@ def compose(overrides: Overrides = (), config_dirs: Sequence[str | Path] = (),
     DlexpError for an unknown group option or key, a bad value or sweep syntax (``a=1,2``: use
     :func:`sweep`), with Hydra's message on one line.
     """
+    overrides = _as_list(overrides)
+    return _compose_all([overrides + _searchpath(config_dirs)], return_hydra_config)[0]
+
+
+def _compose_all(jobs: list[list[str]], return_hydra_config: bool = False) -> list[DictConfig]:
+    """The config of each list of overrides in ``jobs``, composed in one Hydra context (see :func:`compose`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = _as_list(overrides)
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides + _searchpath(config_dirs),
-                                 return_hydra_config=return_hydra_config)
-    except (HydraException, OmegaConfBaseException) as error:
-        text = str(error).split("\nConfig search path:")[0]  # the search path's providers say nothing new
-        message = " ".join(line.strip() for line in text.splitlines() if line.strip())
-        if "--multirun" in message:
-            message += " (in Python: dlexp.sweep runs a sweep)"
-        raise DlexpError(f"overrides {' '.join(overrides)}: {message}") from error
+    configs = []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides in jobs:
+            try:
+                configs.append(hydra_compose(config_name="config", overrides=overrides,
+                                             return_hydra_config=return_hydra_config))
+            except (HydraException, OmegaConfBaseException) as error:
+                text = str(error).split("\nConfig search path:")[0]  # the search path's providers say nothing new
+                message = " ".join(line.strip() for line in text.splitlines() if line.strip())
+                if "--multirun" in message:
+                    message += " (in Python: dlexp.sweep runs a sweep)"
+                shown = " ".join(o for o in overrides if not o.startswith("hydra.searchpath="))
+                raise DlexpError(f"overrides {shown}: {message}") from error
+    return configs
 
 
 def _task_overrides(overrides: list[str]) -> list[str]:
@@ -259,6 +268,7 @@ def sweep(overrides: Overrides = (), *, sweep_dir: str | Path | None = None,
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.sweep.dir=")]
     folder = Path(sweep_dir if sweep_dir is not None else given[-1] if given else default_sweep_dir()).resolve()
     overrides = [o for o in overrides if not o.startswith("hydra.sweep.dir=")] + _searchpath(config_dirs)
+    check_jobs(overrides)
     process = run_sweep_process(overrides, folder, echo=echo)
     check_finished(process)
     jobs = pd.read_csv(folder / JOBS_CSV) if (folder / JOBS_CSV).stat().st_size > 1 else pd.DataFrame()
@@ -271,6 +281,26 @@ def sweep(overrides: Overrides = (), *, sweep_dir: str | Path | None = None,
                     "; ".join(f"#{row.job} {row.status}" for row in failed.itertuples()))
     return SweepResult(sweep_run_id(folder), folder, jobs, tracking_uri, experiment_name, process.returncode,
                        process.lines)
+
+
+def check_jobs(overrides: list[str]) -> None:
+    """Compose every job of a sweep of Hydra's basic sweeper here, before the child starts, so a mistake in
+    any job's overrides raises DlexpError (as :func:`compose` words it) before anything runs.
+
+    The command would stop at that job with exit status 1 after the jobs before it ran. Sweeps of another
+    sweeper (``hydra/sweeper=search``: its values come from its search space) are checked by the command.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # as dlexp.sweeps.sweep.count_jobs
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper")) for o in overrides):
+        return
+    try:
+        jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
+    except HydraException as error:
+        raise DlexpError(f"overrides {' '.join(overrides)}: {' '.join(str(error).split())}") from error
+    _compose_all([[str(o) for o in job] for job in jobs])
 
 
 def load_runs(experiment_name: str | None = None, tracking_uri: str | None = None, filter_string: str = "",
