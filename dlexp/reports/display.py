@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from dlexp.training.progress import in_notebook
+from dlexp.notebook import in_notebook
 
 #: Hydra's default job log format (hydra/job_logging/default), so lines read as the command's do.
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from dlexp.notebook import in_notebook
 from dlexp.training.loop import FoldResult, TrainingHooks
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,6 @@ def configure(enabled: bool) -> None:
     """Progress on or off for this process (``trainer.progress``)."""
     global _enabled
     _enabled = bool(enabled)
-
-
-def in_notebook() -> bool:
-    """True in a Jupyter kernel (IPython's kernel app): bars and pictures can be shown inline."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    return shell is not None and "IPKernelApp" in shell.config
 
 
 def on_terminal() -> bool:
