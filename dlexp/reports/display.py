@@ -42,17 +42,17 @@ def show_pictures(paths: Sequence[Path], width: int | None = None) -> None:
 @contextmanager
 def visible_logs(level: int | str | None, log_file: Path | None = None) -> Iterator[None]:
     """While inside: the ``dlexp`` logger's lines from ``level`` up go to ``sys.stdout`` (and to
-    ``log_file`` when given), and not on to the root logger (no doubled lines where it has handlers).
-    ``level=None`` leaves logging as it is. The logger's level, handlers and propagation are restored."""
+    ``log_file`` when given; its folder must exist by the first line), and not on to the root logger (no
+    doubled lines where it has handlers). ``level=None`` leaves logging as it is. The logger's level,
+    handlers and propagation are restored on the way out."""
     if level is None:
         yield
         return
     logger = logging.getLogger("dlexp")
     formatter = logging.Formatter(LOG_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
+    if log_file is not None:  # opened at the first line, so a run stopped by a config mistake leaves no folder
+        handlers.append(logging.FileHandler(log_file, delay=True))
     saved = logger.level, logger.propagate
     for handler in handlers:
         handler.setFormatter(formatter)
