@@ -153,8 +153,9 @@ class RunResult:
         raise DlexpError(f"no picture {name!r} in {self.output_dir}; it has {', '.join(self.pictures)}")
 
     def show(self, *names: str, width: int | None = None) -> None:
-        """Display pictures inline in Jupyter (else in matplotlib windows): the named ones (see
-        :meth:`picture`), or without names the run's own (``plots/*``). ``width`` in pixels."""
+        """Display pictures inline in Jupyter (elsewhere print their paths): the named ones (see
+        :meth:`picture`), or without names the run's own (``plots/*``). ``width`` in pixels. Raises
+        DlexpError for a name the run has no picture of."""
         from dlexp.reports.display import show_pictures
 
         paths = [self.picture(name) for name in names] or [

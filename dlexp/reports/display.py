@@ -1,4 +1,4 @@
-"""Showing a run's pictures and log lines where the user is: inline in Jupyter, else in a window.
+"""Showing a run's pictures and log lines where the user is: inline in Jupyter, else their paths.
 
 A notebook's kernel shows nothing of the ``dlexp`` logger (Python's root logger has no handler there and
 drops INFO), so ``visible_logs`` gives it handlers of its own for the length of an API call.
@@ -18,25 +18,28 @@ from dlexp.notebook import in_notebook
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
-def show_pictures(paths: Sequence[Path], width: int | None = None) -> None:
-    """Display PNGs inline in Jupyter (``IPython.display.Image``, ``width`` in pixels), else with
-    matplotlib, one figure each (``plt.show()`` blocks until they are closed in a script)."""
-    if in_notebook():
-        from IPython.display import Image, display
+def show_pictures(paths: Sequence[Path], width: int | None = None, dpi: int = 100) -> None:
+    """Display PNGs inline in Jupyter, each ``width`` pixels wide (default: its own size); elsewhere print
+    their paths (a script's matplotlib is headless: dlexp.reports.plots draws with Agg).
 
-        for path in paths:
-            display(Image(filename=str(path), width=width))
+    Each picture is one matplotlib figure exactly its size, which the notebook's inline backend shows; not
+    ``IPython.display.Image``, so that dlexp does not need IPython installed to run.
+    """
+    if not in_notebook():
+        print("pictures (shown inline in Jupyter):", *map(str, paths), sep="\n  ")
         return
     import matplotlib.image
     import matplotlib.pyplot as plt
 
     for path in paths:
-        figure, axes = plt.subplots()
-        axes.imshow(matplotlib.image.imread(str(path)))
+        image = matplotlib.image.imread(str(path))
+        height, own_width = image.shape[:2]
+        scale = (width or own_width) / own_width
+        figure = plt.figure(figsize=(own_width * scale / dpi, height * scale / dpi), dpi=dpi)
+        axes = figure.add_axes((0, 0, 1, 1))
+        axes.imshow(image, interpolation="antialiased")
         axes.set_axis_off()
-        axes.set_title(Path(path).name)
-        figure.tight_layout()
-    plt.show()
+        plt.show()
 
 
 @contextmanager
