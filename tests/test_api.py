@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import pandas as pd
 import pytest
 import torch
 from conftest import QUICK
@@ -168,3 +169,36 @@ def test_sweep_jobs_table_is_what_mlflow_holds(store, tmp_path):
     folds = runs[runs["kind"] == "fold"]
     assert all(jobs.loc[fold.job, "run_id"] == fold.job_run_id for fold in folds.itertuples())
     assert not math.isnan(jobs["metrics.test_acc"].iloc[0])
+
+
+def test_load_runs_nesting_of_a_sweep_in_a_real_store(store):
+    """Runs tagged as dlexp's sweep (dlexp.sweeps.sweep), its jobs and their folds (dlexp.tracking.fold_runs)
+    tag them; the full-tier test above makes them through a real sweep."""
+    client = store["client"]
+    experiment = client.create_experiment("nesting", artifact_location=str(store["dir"] / "artifacts"))
+    sweep = client.create_run(experiment, tags={"dlexp.kind": "sweep"}).info.run_id
+    jobs = [client.create_run(experiment, tags={"mlflow.parentRunId": sweep, "dlexp.sweep_job": str(n)}).info.run_id
+            for n in range(2)]
+    folds = {(n, k): client.create_run(experiment, tags={"mlflow.parentRunId": job, "dlexp.fold": str(k)}).info.run_id
+             for n, job in enumerate(jobs) for k in (1, 2, 3)}
+    single = client.create_run(experiment).info.run_id
+    single_fold = client.create_run(experiment, tags={"mlflow.parentRunId": single, "dlexp.fold": "1"}).info.run_id
+    client.log_metric(folds[(1, 2)], "test_acc", 0.9)
+
+    runs = dlexp.load_runs("nesting", store["uri"]).set_index("run_id")
+    assert len(runs) == 1 + 2 + 6 + 2
+    assert runs.loc[sweep, "kind"] == "sweep" and runs.loc[sweep, "sweep_run_id"] == sweep
+    for n, job in enumerate(jobs):
+        assert (runs.loc[job, "kind"], runs.loc[job, "sweep_run_id"], runs.loc[job, "job"]) == ("job", sweep, n)
+    for (n, k), fold in folds.items():
+        row = runs.loc[fold]
+        assert (row["kind"], row["sweep_run_id"], row["job"], row["job_run_id"], row["fold"]) == (
+            "fold", sweep, n, jobs[n], k)
+    assert runs.loc[single, "kind"] == "job" and pd.isna(runs.loc[single, "sweep_run_id"])
+    assert runs.loc[single_fold, "job_run_id"] == single and runs.loc[single_fold, "fold"] == 1
+    assert pd.isna(runs.loc[single_fold, "sweep_run_id"]) and pd.isna(runs.loc[single_fold, "job"])
+
+    only = dlexp.load_runs("nesting", store["uri"], filter_string="metrics.test_acc > 0.5")
+    assert list(only["run_id"]) == [folds[(1, 2)]]
+    assert (only["kind"].item(), only["job_run_id"].item(), only["fold"].item()) == ("fold", jobs[1], 2)
+    assert only["sweep_run_id"].isna().item()  # its job is not among the rows
