@@ -71,6 +71,9 @@ def test_subcommands_run_server_and_inspect(capsys, monkeypatch):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Total params: 2,437" in done.stdout
 
+    help_lines = [line.split()[:2] for line in run_dlexp("--help").stdout.splitlines()[:5]]
+    assert ["dlexp", "server"] in help_lines and ["dlexp", "inspect"] in help_lines
+
 
 def test_shell_completion_offers_the_experiments():
     done = run_dlexp("-sc", "query=bash", env={"COMP_LINE": "dlexp +experiment=", "COMP_POINT": "18"})
