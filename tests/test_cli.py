@@ -59,6 +59,17 @@ def test_the_run_log_is_dlexp_log_and_holds_the_error_line(tmp_path, override, l
         f"[dlexp][ERROR] - {line}")
 
 
+def test_a_sweep_jobs_log_holds_its_error_line(tmp_path):
+    """A sweep goes on past a job's user error; the job's own log (a SLURM job's, too) says why it failed."""
+    done = run_dlexp("-m", "+experiment=spiral", "trainer.folds=1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                     f"tracking.artifact_location={tmp_path / 'artifacts'}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = "[job 0] error: trainer.folds=1: expected an integer >= 2"
+    assert done.stderr.count(line) == 1 and line not in done.stdout
+    assert f"[dlexp][ERROR] - {line}\n" in (tmp_path / "sweep" / "0" / "dlexp.log").read_text()
+
+
 def test_subcommands_run_server_and_inspect(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dlexp", "server", "--help"])
     with pytest.raises(SystemExit) as exit_:
