@@ -7,21 +7,19 @@ table; ``dlexp.load_runs(experiment)`` reads an experiment's runs from any MLflo
 ``dlexp.compose(overrides)`` gives the composed config, ``dlexp.model_summary(overrides)`` the model's layers.
 """
 
-from pathlib import Path
+# where the configs and the shipped data are, and where stores go (a checkout or an installed wheel)
+from dlexp.locations import CONF_DIR, DATA_DIR, PROJECT_ROOT  # noqa: F401
 
 __version__ = "0.1.0"
 
-#: The project checkout (dlexp is installed editable with ``pip install -e .``): it holds conf/, data/
-#: and the default MLflow store, so every path the configs default to is absolute and independent of
-#: the folder Hydra runs a job in.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 def _register_resolvers() -> None:
-    """``${dlexp.root:}`` in a config is the project checkout, so default paths are absolute."""
+    """``${dlexp.root:}`` in a config is where the store and caches go, ``${dlexp.data:}`` the shipped data
+    (see dlexp.locations), so default paths are absolute and independent of the folder a job runs in."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("dlexp.root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("dlexp.data", lambda: str(DATA_DIR), replace=True)
 
 
 _register_resolvers()

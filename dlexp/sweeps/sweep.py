@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import find_user_error
 from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
+from dlexp.logfile import report_end
 from dlexp.sweeps.search.pruning import PRUNED_TAG
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, override_labels, short_overrides, sweep_run_name, swept_keys
 from dlexp.tracking.store import job_run
@@ -371,7 +372,7 @@ class SweepJob:
                 error = one_line(exc)
                 raise
             error = str(user_error)
-            print(f"[job {self.num}] error: {error}", file=sys.stderr)
+            report_end(f"[job {self.num}] error: {error}")  # on stderr and in the job's log file (dlexp.log)
             return math.nan
         finally:
             run_id = self.own_run_id(experiment_id)

@@ -28,8 +28,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp import PROJECT_ROOT
 from dlexp.errors import DlexpError
+from dlexp.locations import CHECKOUT
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -278,9 +278,12 @@ def flatten(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[st
 
 
 def git_commit() -> str | None:
-    """The project's current commit, or None outside a git checkout."""
+    """The project's current commit, or None outside a git checkout (and for an installed wheel, whose code is
+    not the commit of the folder it runs in)."""
+    if CHECKOUT is None:
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CHECKOUT, capture_output=True,
                              text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
