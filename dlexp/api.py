@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: dlexp's own configs (conf/ of the checkout); ``config_dirs`` add folders searched after it.
-CONF_DIR = dlexp.PROJECT_ROOT / "conf"
+#: dlexp's own configs (conf/ of the checkout, or the installed package's); ``config_dirs`` add folders searched after it.
+CONF_DIR = dlexp.CONF_DIR
 
 Overrides = Sequence[str] | str
 
