@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: dlexp's own configs (conf/ of the checkout, or the installed package's); ``config_dirs`` add folders searched after it.
+#: dlexp's own configs (the checkout's conf/ or the installed package's); ``config_dirs`` are searched after it.
 CONF_DIR = dlexp.CONF_DIR
 
 Overrides = Sequence[str] | str
