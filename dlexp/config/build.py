@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+
+def importable_cwd() -> None:
+    """Put the folder dlexp runs in on ``sys.path``, so a ``_target_`` such as ``mynet.TinyNet`` finds the
+    user's ``mynet.py`` there: ``python -m dlexp`` does this itself, the ``dlexp`` console script (whose
+    ``sys.path[0]`` is its bin/ folder) and a launcher's worker processes do not. Appended, not prepended, so
+    a file in that folder never shadows an installed package. Jobs keep the launch folder (hydra.job.chdir:
+    false), so it is the user's folder.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
 
 
 def build(key: str, node: DictConfig, *args: Any, **kwargs: Any) -> Any:
@@ -17,6 +31,7 @@ def build(key: str, node: DictConfig, *args: Any, **kwargs: Any) -> Any:
     """
     from dlexp.errors import DlexpError
 
+    importable_cwd()
     try:
         return instantiate(node, *args, **kwargs)
     except InstantiationException as error:
