@@ -22,6 +22,11 @@ def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("dlexp.root", lambda: str(PROJECT_ROOT), replace=True)
+    # ${dlexp.cwd:}: the folder dlexp was started in (a project of one's own keeps its store there), taken once
+    # at import so a job that changes folder still means the same one. Hydra's ${hydra:runtime.cwd} is not set
+    # where a sweep's callbacks resolve the config.
+    started_in = str(Path.cwd())
+    OmegaConf.register_new_resolver("dlexp.cwd", lambda: started_in, replace=True)
 
 
 _register_resolvers()
