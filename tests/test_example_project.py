@@ -82,3 +82,24 @@ def test_the_folder_dlexp_starts_in_is_importable_without_python_m(tmp_path, mon
     model = build("model", OmegaConf.create({"_target_": "elsewhere_net.TinyNet", "width": 3}),
                   input_shape=(2,), num_classes=4)
     assert type(model).__name__ == "TinyNet" and str(tmp_path) in sys.path
+
+
+@pytest.mark.parametrize(("files", "target", "message"), [
+    ({}, "absent_net.TinyNet", "model: cannot import absent_net.TinyNet (ModuleNotFoundError: No module named "
+                               "'absent_net'); expected absent_net.py in the folder dlexp runs in ({cwd}) or its "
+                               "folder on PYTHONPATH"),
+    ({"typo_net.py": "class TinyNet: ..."}, "typo_net.TinyNett",
+     "model: typo_net ({cwd}/typo_net.py) has no 'TinyNett'; expected the class or function the _target_ names"),
+    ({"broken_net.py": "def (\n"}, "broken_net.TinyNet",
+     "model: importing broken_net for broken_net.TinyNet failed: SyntaxError: invalid syntax (broken_net.py, line 1)"),
+])
+def test_a_target_that_cannot_be_found_is_one_line(tmp_path, monkeypatch, files, target, message):
+    from dlexp.errors import DlexpError
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path), os.getcwd())])
+    with pytest.raises(DlexpError) as error:
+        build("model", OmegaConf.create({"_target_": target}), input_shape=(2,), num_classes=2)
+    assert str(error.value) == message.format(cwd=tmp_path)
