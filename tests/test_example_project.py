@@ -37,6 +37,7 @@ def run_in(folder: Path, *args: str, timeout: float = 400) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.full  # a whole dlexp process: ~15 s of CPU
 def test_the_example_trains_its_own_model_on_its_own_data_into_its_own_store(project):
     result = run_in(project, "+experiment=moons", "trainer.max_epochs=25", "trainer.folds=2", "trainer.progress=false",
                     "plots.grid_resolution=20")
