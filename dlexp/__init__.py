@@ -7,6 +7,8 @@ table; ``dlexp.load_runs(experiment)`` reads an experiment's runs from any MLflo
 ``dlexp.compose(overrides)`` gives the composed config, ``dlexp.model_summary(overrides)`` the model's layers.
 """
 
+from pathlib import Path
+
 # where the configs and the shipped data are, and where stores go (a checkout or an installed wheel)
 from dlexp.locations import CONF_DIR, DATA_DIR, PROJECT_ROOT  # noqa: F401
 
@@ -20,6 +22,11 @@ def _register_resolvers() -> None:
 
     OmegaConf.register_new_resolver("dlexp.root", lambda: str(PROJECT_ROOT), replace=True)
     OmegaConf.register_new_resolver("dlexp.data", lambda: str(DATA_DIR), replace=True)
+    # ${dlexp.cwd:}: the folder dlexp was started in (a project of one's own keeps its store there), taken once
+    # at import so a job that changes folder still means the same one. Hydra's ${hydra:runtime.cwd} is not set
+    # where a sweep's callbacks resolve the config.
+    started_in = str(Path.cwd())
+    OmegaConf.register_new_resolver("dlexp.cwd", lambda: started_in, replace=True)
 
 
 _register_resolvers()

@@ -23,10 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.config.build import build, build_partial
 from dlexp.config.validation import validate_config
+from dlexp.data.contract import check_data
 from dlexp.data.protocol import ExperimentData
 from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
+from dlexp.models.contract import check_model
 from dlexp.reports import plots
 from dlexp.reports.run_files import classification_pictures, data_picture, run_pictures, write_run_files
 from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
@@ -61,10 +63,15 @@ class FoldObjects:
     loss_fn: torch.nn.Module
 
 
-def build_fold_objects(cfg: DictConfig, data: ExperimentData, device: torch.device, seed: int) -> FoldObjects:
-    """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
+def build_fold_objects(cfg: DictConfig, data: ExperimentData, device: torch.device, seed: int,
+                       check: bool = False) -> FoldObjects:
+    """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights.
+    ``check``: run the model on the first batch first (dlexp.models.contract), one line if it breaks the contract."""
     torch.manual_seed(seed)
-    model = build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
+    model = build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes)
+    if check:
+        check_model(model, data, int(cfg.trainer.batch_size))
+    model = model.to(device)
     optimizer = build_partial("optimizer", cfg.optimizer, model.parameters())
     scheduler = build_partial("scheduler", cfg.scheduler, optimizer) if cfg.get("scheduler") else None
     loss_fn = build("loss", cfg.loss).to(device)
@@ -175,7 +182,7 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     device = configure_torch(trainer)
-    data: ExperimentData = build("dataset", cfg.dataset)
+    data: ExperimentData = check_data(build("dataset", cfg.dataset), cfg.dataset.get("_target_", "?"))
     # data.groups: image data split by specimen, so no specimen is in two folds
     folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, data.groups)
     eval_transform = data.eval_transform
@@ -185,7 +192,7 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
             if data.n_features == 2 else None)
 
     # Building the objects once up front stops a bad model/optimizer/scheduler value before any output.
-    probe = build_fold_objects(cfg, data, device, seed=trainer.seed)
+    probe = build_fold_objects(cfg, data, device, seed=trainer.seed, check=True)
     model_stats = summarize_model(probe.model, data.input_shape)
     strategy = choose_strategy(trainer.strategy, probe, data)
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)

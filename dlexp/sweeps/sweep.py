@@ -38,6 +38,7 @@ from dlexp.errors import find_user_error
 from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
 from dlexp.logfile import report_end
 from dlexp.sweeps.search.pruning import PRUNED_TAG
+from dlexp.sweeps.search.space import searched_params
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, override_labels, short_overrides, sweep_run_name, swept_keys
 from dlexp.tracking.store import job_run
 from dlexp.tracking.where import sweep_report
@@ -59,7 +60,7 @@ def sweep_hash(config: DictConfig) -> str:
     identity = {
         "experiment": config.tracking.experiment_name,
         "overrides": sorted(OmegaConf.to_container(config.hydra.overrides.task)),
-        "search_space": OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params"),
+        "search_space": searched_params(config) or None,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -123,7 +124,7 @@ class SweepRun(Callback):
             order_by=["attributes.start_time DESC"], max_results=1,
         ) if tracking.resume else []
         overrides = " ".join(config.hydra.overrides.task)
-        search_space = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params") or {}
+        search_space = searched_params(config)
         self.swept = swept_keys(config.hydra.overrides.task, search_space)
         if previous:
             self.run_id = previous[0].info.run_id

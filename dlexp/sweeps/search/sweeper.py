@@ -22,7 +22,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import DlexpError
-from dlexp.sweeps.search.space import SearchSpace, parse_search_space
+from dlexp.sweeps.search.space import SearchSpace, parse_search_space, ready_space_note, space_params
 from dlexp.sweeps.search.study import INTERRUPTED_ATTR, default_storage, hide_password, open_storage, write_handoff
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,13 @@ class SearchSweeperImpl(Sweeper):
     """``hydra.sweeper`` settings are documented in conf/hydra/sweeper/search.yaml."""
 
     def __init__(self, n_trials: int = 20, n_jobs: int = 1, params: DictConfig | None = None,
+                 ready_params: DictConfig | None = None,
                  sampler: DictConfig | None = None, pruner: DictConfig | str | None = "median",
                  report_every: int = 10, max_failures: int | None = None, storage: str | None = None,
                  study_name: str | None = None) -> None:
         self.n_trials, self.n_jobs, self.report_every, self.max_failures = n_trials, n_jobs, report_every, max_failures
         self.params = OmegaConf.to_container(params) if params is not None else {}
+        self.ready_params = OmegaConf.to_container(ready_params) if ready_params is not None else {}
         self.sampler_config, self.pruner_config = sampler, pruner
         self.storage_url, self.study_name = storage, study_name
         self.config: DictConfig | None = None
@@ -62,7 +64,10 @@ class SearchSweeperImpl(Sweeper):
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         try:
             self.check_settings()
-            space = parse_search_space(self.params, arguments)
+            params, left_out = space_params(self.params, self.ready_params, arguments, self.config)
+            if note := ready_space_note(left_out, params, self.config):
+                log.warning("%s", note)
+            space = parse_search_space(params, arguments)
             if not space.distributions:
                 raise DlexpError("hydra.sweeper.params: nothing to search; give ranges such as "
                                  "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
