@@ -79,9 +79,12 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dlexp.errors import DlexpError
+        from dlexp.reports.metric_names import unknown_metric
         from dlexp.tracking.store import higher_is_better
 
-        try:  # a bad mode would otherwise surface only when the jobs are done
+        try:  # a bad metric or mode would otherwise surface only when the jobs are done (or never)
+            if (complaint := unknown_metric("tracking.best_metric", str(config.tracking.best_metric))) is not None:
+                raise DlexpError(complaint)
             higher_is_better(str(config.tracking.best_metric), str(config.tracking.best_metric_mode))
         except DlexpError as error:
             print(f"error: {error}", file=sys.stderr)

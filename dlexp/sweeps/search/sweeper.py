@@ -51,6 +51,7 @@ class SearchSweeperImpl(Sweeper):
         self.storage_url, self.study_name = storage, study_name
         self.config: DictConfig | None = None
         self.launcher = None
+        self.asked: list[int] = []  # the numbers of the trials this run of the search asked for
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -76,6 +77,10 @@ class SearchSweeperImpl(Sweeper):
         from dlexp.sweeps.search.report import report_search
 
         report_search(study, self.storage_url, space, self.sweep_dir, self.config)
+        if (failure := all_failed(study, self.asked)) is not None:
+            # Never a success: the sweep's run ends FAILED (SweepRun's exit handler) and the command exits 2.
+            print(f"error: {failure}", file=sys.stderr)
+            sys.exit(2)
         return returns
 
     @property
@@ -180,6 +185,7 @@ class SearchSweeperImpl(Sweeper):
             batch = []
             try:
                 batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
+                self.asked.extend(trial.number for trial in batch)
                 first_job = batch[0].number
                 for offset, trial in enumerate(batch):
                     handoff["trials"][str(first_job + offset)] = trial.number
@@ -196,6 +202,20 @@ class SearchSweeperImpl(Sweeper):
                 raise
             returns.extend(results)
         return returns
+
+
+def all_failed(study, numbers: list[int]) -> str | None:
+    """The complaint when every one of trials ``numbers`` (those one run of the search asked) FAILed, else None
+    (also when it asked none: a resumed search with nothing left to do)."""
+    from optuna.trial import TrialState
+
+    trials = [trial for trial in study.get_trials(deepcopy=False) if trial.number in set(numbers)]
+    if not trials or any(trial.state != TrialState.FAIL for trial in trials):
+        return None
+    first = trials[0]
+    reason = first.user_attrs.get(ERROR_ATTR) or first.user_attrs.get(INTERRUPTED_ATTR) or "no reason recorded"
+    return (f"search: all {len(trials)} trials failed, so it has no result (trial {first.number}: {reason}); "
+            "see search_trials.csv in the sweep folder")
 
 
 def tell(study, trial, result: JobReturn, job: int) -> None:
