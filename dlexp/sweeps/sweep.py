@@ -113,11 +113,15 @@ class SweepRun(Callback):
         """Create the store and the experiment if needed, and the sweep's run (or reopen the same sweep's)."""
         from mlflow.tracking import MlflowClient
 
+        from dlexp.config.paths import absolute_path, absolute_uri
         from dlexp.tracking.store import setup_experiment
 
         tracking = config.tracking
+        start = Path(str(config.hydra.runtime.cwd))  # where jobs read relative paths from (dlexp.config.paths)
+        uri = absolute_uri(str(tracking.uri), start)
+        artifacts = absolute_path(str(tracking.artifact_location), start) if tracking.artifact_location else None
         # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
-        experiment_id = setup_experiment(tracking.uri, tracking.experiment_name, tracking.artifact_location)
+        experiment_id = setup_experiment(uri, tracking.experiment_name, artifacts)
         client = MlflowClient()
         identity = sweep_hash(config)
         previous = client.search_runs(
@@ -139,7 +143,7 @@ class SweepRun(Callback):
         self.experiment_id = experiment_id
         self.best_metric = str(tracking.best_metric)
         self.best_metric_mode = str(tracking.best_metric_mode)
-        self.where = (str(tracking.uri), str(tracking.experiment_name))
+        self.where = (uri, str(tracking.experiment_name))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = self.finish(completed=True)
@@ -320,6 +324,12 @@ def log_jobs_table(client, run_id: str, rows: list[dict], metric: str, mode: str
     client.set_tag(run_id, "mlflow.note.content", note)
 
 
+def job_sweep_dir(hydra_cfg: DictConfig) -> Path:
+    """A job's sweep folder: a relative ``hydra.sweep.dir`` is from where the sweep started (``hydra.runtime.cwd``),
+    not from the job's own folder, which ``hydra.job.chdir=True`` makes the job's working directory."""
+    return Path(str(hydra_cfg.runtime.cwd)) / str(hydra_cfg.sweep.dir)
+
+
 @dataclass
 class SweepJob:
     """The job side of a tracked sweep: its parent run, its folder, and the record it leaves there."""
@@ -336,7 +346,7 @@ class SweepJob:
 
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return None
-        sweep_file = Path(str(hydra_cfg.sweep.dir)) / SWEEP_FILE
+        sweep_file = job_sweep_dir(hydra_cfg) / SWEEP_FILE
         if not sweep_file.exists():
             return None
         sweep = json.loads(sweep_file.read_text())

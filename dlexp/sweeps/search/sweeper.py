@@ -117,7 +117,12 @@ class SearchSweeperImpl(Sweeper):
         tracking = self.config.tracking
         direction = "maximize" if higher_is_better(str(tracking.best_metric),
                                                    str(tracking.get("best_metric_mode", "auto"))) else "minimize"
-        self.storage_url = str(self.storage_url or default_storage(str(tracking.uri)))
+        from dlexp.config.paths import absolute_uri
+
+        # Absolute, as jobs open it from their own folders (hydra.job.chdir=True runs them in their run folders).
+        start = Path(str(self.config.hydra.runtime.cwd))
+        default = default_storage(absolute_uri(str(tracking.uri), start))
+        self.storage_url = absolute_uri(str(self.storage_url or default), start)
         name = self.study_name or f"{tracking.experiment_name}-{sweep_hash(self.config)[:16]}"
         if not tracking.resume and not self.study_name:
             name += time.strftime("-%Y%m%d-%H%M%S")  # tracking.resume=false: a new study, as a new sweep run
