@@ -68,3 +68,15 @@ def test_class_names_and_config_keys_mlflow_refuses_are_logged_under_valid_keys(
     table = json.loads((tmp_path / "artifacts" / run.info.run_id / "artifacts" / "mlflow_keys.json").read_text())
     assert table == {"dataset.notes.Halictus sp._": "dataset.notes.Halictus sp./",
                      keys["Halictus sp./"]: "Halictus sp./", keys["Bombus: terrestris"]: "Bombus: terrestris"}
+
+
+def test_a_swept_key_never_takes_a_column_of_the_jobs_table():
+    """A swept ``dataset.name`` was shown as ``name`` and overwritten by the job's name; ``+model.test_acc`` by the
+    metric."""
+    from dlexp.sweeps.sweep import TAKEN_COLUMNS
+    from dlexp.tracking.naming import short_overrides
+
+    task = ["dataset.name=a", "+model.test_acc=1", "optimizer.lr=0.1", "trainer.seed=1"]
+    assert short_overrides(task, None, TAKEN_COLUMNS) == {"dataset.name": "a", "model.test_acc": "1", "lr": "0.1",
+                                                          "seed": "1"}
+    assert short_overrides(task) == {"name": "a", "test_acc": "1", "lr": "0.1", "seed": "1"}  # run names stay short

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import find_user_error
 from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
+from dlexp.reports.metric_names import SUMMARY_METRICS
 from dlexp.sweeps.search.pruning import PRUNED_TAG
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, override_labels, short_overrides, sweep_run_name, swept_keys
 from dlexp.tracking.store import job_run
@@ -241,6 +242,11 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return [path.parent.parent for path in sweep_dir.rglob(".hydra/hydra.yaml")]
 
 
+#: The jobs table's own columns and the metrics a job's run has: no swept key's column may take their names.
+TAKEN_COLUMNS = frozenset(("job", "status", "reused", "name", "overrides", "run_id", "error", "jobs",
+                           "jobs_finished", "test_acc_grouped", *SUMMARY_METRICS))
+
+
 def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str] = ()) -> list[dict]:
     """One row per job: number, its value of each ``swept`` key (a column each, by short key: the UI's table
     cuts long cells), status, whether it reused an earlier run, name, overrides, run id, error, metrics.
@@ -255,7 +261,7 @@ def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str]
         if not record and (run := job_run(client, experiment_id, folder)) is not None:
             record = {"run_id": run.info.run_id}
         task = list(hydra_cfg.overrides.task)
-        row = {"job": int(hydra_cfg.job.num), **short_overrides(task, swept), "status": "MISSING",
+        row = {"job": int(hydra_cfg.job.num), **short_overrides(task, swept, TAKEN_COLUMNS), "status": "MISSING",
                "reused": record.get("reused", False), "name": override_labels(task, swept or None),
                "overrides": " ".join(task), "run_id": record.get("run_id"), "error": record.get("error")}
         if row["run_id"]:
