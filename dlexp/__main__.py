@@ -12,18 +12,18 @@ import logging
 import signal
 import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dlexp.config.paths import absolute_paths
 from dlexp.config.validation import validate_config
 from dlexp.errors import find_user_error
 from dlexp.interrupts import sigterm_as_interrupt
 from dlexp.locations import CONF_DIR
 from dlexp.logfile import report_end
-from dlexp.sweeps.sweep import SweepJob
+from dlexp.sweeps.sweep import SweepJob, job_sweep_dir
 from dlexp.tracking.where import label_job_output, report_failed_run, report_run
 
 log = logging.getLogger("dlexp")
@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> float:
     """Returns the job's ``tracking.best_metric`` (a validation score), so sweepers can optimise it."""
     hydra_cfg = HydraConfig.get()
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
+    absolute_paths(cfg, hydra_cfg.runtime.cwd)  # relative paths: from where dlexp started, even with job.chdir
     job = SweepJob.current(hydra_cfg)
     try:
         if job is None:
@@ -44,7 +45,7 @@ def main(cfg: DictConfig) -> float:
             if job is not None:  # a sweep's job: resumable, nested under the sweep's run
                 from dlexp.sweeps.search.pruning import trial_hooks  # a search's trial reports to its pruner
 
-                hooks = trial_hooks(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num),
+                hooks = trial_hooks(job_sweep_dir(hydra_cfg), int(hydra_cfg.job.num),
                                     int(cfg.trainer.max_epochs))
                 score = job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags,
                                                                  hooks=hooks))

@@ -30,10 +30,17 @@ from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.models.contract import check_model
 from dlexp.reports import plots
-from dlexp.reports.run_files import classification_pictures, data_picture, run_pictures, write_run_files
+from dlexp.reports.run_files import (
+    CLASS_METRIC_PREFIX,
+    classification_pictures,
+    data_picture,
+    run_pictures,
+    write_run_files,
+)
 from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
 from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
+from dlexp.tracking.keys import KEYS_ARTIFACT, run_keys
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
 from dlexp.tracking.store import flatten, git_commit, job_tags, mlflow_run, setup_experiment
 from dlexp.training import progress
@@ -202,11 +209,16 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
         tags["dlexp.split"] = split_note
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
+    # User text (config keys, class names) as keys MLflow takes, made now: MLflow refuses a bad key only when it
+    # is logged, for per-class metrics after training.
+    params, renamed_keys = run_keys(flatten(cfg), data.class_names, CLASS_METRIC_PREFIX)
     plot_dir = output_dir / "plots"
     run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
     with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt") as run, Writer() as writer:
         client, run_id = HelperClient(writer, mlflow.get_tracking_uri()), run.info.run_id
-        mlflow.log_params(flatten(cfg))
+        mlflow.log_params(params)
+        if renamed_keys:  # the original names of the keys that had to change
+            mlflow.log_dict(renamed_keys, KEYS_ARTIFACT)
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
         log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)

@@ -127,7 +127,9 @@ def log_on_sweep_run(sweep_dir: Path, config: DictConfig, results: dict, picture
     if not (sweep_dir / SWEEP_FILE).exists():
         return
     run_id = json.loads((sweep_dir / SWEEP_FILE).read_text())["run_id"]
-    client = MlflowClient(tracking_uri=str(config.tracking.uri))
+    from dlexp.config.paths import absolute_uri
+
+    client = MlflowClient(tracking_uri=absolute_uri(str(config.tracking.uri), Path(str(config.hydra.runtime.cwd))))
     for picture in pictures:
         client.log_artifact(run_id, str(picture), "search")
     for name in (RESULTS_FILE, TRIALS_FILE):

@@ -53,6 +53,7 @@ class SearchSweeperImpl(Sweeper):
         self.storage_url, self.study_name = storage, study_name
         self.config: DictConfig | None = None
         self.launcher = None
+        self.asked: list[int] = []  # the numbers of the trials this run of the search asked for
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -81,6 +82,10 @@ class SearchSweeperImpl(Sweeper):
         from dlexp.sweeps.search.report import report_search
 
         report_search(study, self.storage_url, space, self.sweep_dir, self.config)
+        if (failure := all_failed(study, self.asked)) is not None:
+            # Never a success: the sweep's run ends FAILED (SweepRun's exit handler) and the command exits 2.
+            print(f"error: {failure}", file=sys.stderr)
+            sys.exit(2)
         return returns
 
     @property
@@ -117,7 +122,12 @@ class SearchSweeperImpl(Sweeper):
         tracking = self.config.tracking
         direction = "maximize" if higher_is_better(str(tracking.best_metric),
                                                    str(tracking.get("best_metric_mode", "auto"))) else "minimize"
-        self.storage_url = str(self.storage_url or default_storage(str(tracking.uri)))
+        from dlexp.config.paths import absolute_uri
+
+        # Absolute, as jobs open it from their own folders (hydra.job.chdir=True runs them in their run folders).
+        start = Path(str(self.config.hydra.runtime.cwd))
+        default = default_storage(absolute_uri(str(tracking.uri), start))
+        self.storage_url = absolute_uri(str(self.storage_url or default), start)
         name = self.study_name or f"{tracking.experiment_name}-{sweep_hash(self.config)[:16]}"
         if not tracking.resume and not self.study_name:
             name += time.strftime("-%Y%m%d-%H%M%S")  # tracking.resume=false: a new study, as a new sweep run
@@ -185,6 +195,7 @@ class SearchSweeperImpl(Sweeper):
             batch = []
             try:
                 batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
+                self.asked.extend(trial.number for trial in batch)
                 first_job = batch[0].number
                 for offset, trial in enumerate(batch):
                     handoff["trials"][str(first_job + offset)] = trial.number
@@ -201,6 +212,20 @@ class SearchSweeperImpl(Sweeper):
                 raise
             returns.extend(results)
         return returns
+
+
+def all_failed(study, numbers: list[int]) -> str | None:
+    """The complaint when every one of trials ``numbers`` (those one run of the search asked) FAILed, else None
+    (also when it asked none: a resumed search with nothing left to do)."""
+    from optuna.trial import TrialState
+
+    trials = [trial for trial in study.get_trials(deepcopy=False) if trial.number in set(numbers)]
+    if not trials or any(trial.state != TrialState.FAIL for trial in trials):
+        return None
+    first = trials[0]
+    reason = first.user_attrs.get(ERROR_ATTR) or first.user_attrs.get(INTERRUPTED_ATTR) or "no reason recorded"
+    return (f"search: all {len(trials)} trials failed, so it has no result (trial {first.number}: {reason}); "
+            "see search_trials.csv in the sweep folder")
 
 
 def tell(study, trial, result: JobReturn, job: int) -> None:
