@@ -46,7 +46,8 @@ def test_report_end_prints_once_and_writes_every_log_file(tmp_path, capsys):
 
 @pytest.mark.parametrize(("override", "line"), [
     ("trainer.folds=1", "error: trainer.folds=1: expected an integer >= 2"),  # caught before the run
-    ("dataset.train_path=no_such_file.txt", "error: no_such_file.txt: data file not found"),  # while loading
+    # while loading; named by its absolute path (relative paths are read from where dlexp starts: the checkout)
+    ("dataset.train_path=no_such_file.txt", f"error: {PROJECT_ROOT / 'no_such_file.txt'}: data file not found"),
 ])
 def test_the_run_log_is_dlexp_log_and_holds_the_error_line(tmp_path, override, line):
     done = run_dlexp("+experiment=spiral", override, f"hydra.run.dir={tmp_path / 'run'}",
