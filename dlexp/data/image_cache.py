@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from dlexp.data.image_dataset import CsvImageDataset
+from dlexp.data.workers import batches as worker_batches
 from dlexp.training import progress
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def decode_all(
     saved = dataset.transform, dataset.return_label_name
     dataset.transform, dataset.return_label_name = resize_transform(size), False
     try:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                            persistent_workers=False)
+        loader = worker_batches(dataset, batch_size, num_workers)  # in a launcher's worker too
         batches = progress.track(loader, len(dataset), "decoding images", "image", size=lambda b: len(b[0]))
         images = torch.cat([batch for batch, _ in batches])
     finally:
