@@ -24,12 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from dlexp.config.build import build, build_partial
 from dlexp.config.validation import validate_config
 from dlexp.data.protocol import ExperimentData
+from dlexp.data.split_checks import check_data_split
 from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.reports import plots
 from dlexp.reports.run_files import classification_pictures, data_picture, run_pictures, write_run_files
-from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
+from dlexp.reports.summary import accuracy, class_probabilities, class_report, summarise, summary_text
 from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
@@ -154,6 +155,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     data: ExperimentData = build("dataset", cfg.dataset)
     # data.groups: image data split by specimen, so no specimen is in two folds
     folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, data.groups)
+    split_check = check_data_split(data, folds)  # a class never tested or missing from a fold: WARNING lines
     eval_transform = data.eval_transform
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
@@ -210,6 +212,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         best_model = models[summary["best_fold"] - 1]
         mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
         predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
+        summary["test_per_class"] = class_report(data.class_names, data.y_test, predicted, split_check.untested)
+        summary["split_warnings"] = split_check.warnings
         # The helper process draws the run's pictures while this one draws the classification ones.
         for picture in [*run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid),
                         *classification_pictures(writer, plot_dir, summary, data, predicted, here=True)]:

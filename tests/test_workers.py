@@ -25,8 +25,8 @@ CLASSES = ("red", "green", "blue")
 
 def tiny_image_set(root: Path, broken: int | None = None) -> tuple[Path, Path]:
     """36 32x32 JPEGs of 3 colour classes, 12 specimens of 3 photos; ``broken``: that image truncated.
-    Returns (csv, image folder)."""
-    folder = root / "photos"
+    Returns (csv, image folder); the folder is the one dlexp finds beside the CSV without dataset.images."""
+    folder = root / "bees"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     rows = []
