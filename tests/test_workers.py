@@ -5,6 +5,7 @@ The SLURM launcher with images is exercised in the full tier's cluster tests."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,26 @@ def test_basic_launcher_multirun_of_an_image_dataset(tmp_path):
     assert len(jobs) == 2 and {r.info.status for r in jobs} == {"FINISHED"}
     summaries = [json.loads((tmp_path / "sweep" / str(n) / "summary.json").read_text()) for n in (0, 1)]
     assert all(s["class_names"] == sorted(CLASSES) for s in summaries)
+
+
+class _Killed:
+    """A dataset whose reading kills the process reading it (as the kernel's out-of-memory killer would)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_that_dies_is_one_line_naming_it_and_the_way_round():
+    from dlexp.data.workers import batches
+
+    with pytest.raises(DlexpError) as caught:
+        list(batches(_Killed(), batch_size=2, num_workers=1))
+    message = str(caught.value)
+    assert re.fullmatch(r"a DataLoader worker process stopped: DataLoader worker \(pid \d+\) is killed by signal: "
+                        r"Killed; dataset.num_workers=0 reads the data in this process", message), message

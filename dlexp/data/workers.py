@@ -86,5 +86,9 @@ def batches(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator:
     except RuntimeError as error:
         if not str(error).startswith("DataLoader worker"):
             raise
-        raise DlexpError(f"a DataLoader worker process stopped: {error}; dataset.num_workers=0 reads the "
-                         "data in this process") from error
+        cause = error  # torch's "exited unexpectedly" is raised from the one that says why ("killed by signal")
+        while isinstance(cause.__cause__, RuntimeError) and str(cause.__cause__).startswith("DataLoader worker"):
+            cause = cause.__cause__
+        why = str(cause).strip().rstrip(".")
+        raise DlexpError(f"a DataLoader worker process stopped: {why}; dataset.num_workers=0 reads the data in "
+                         "this process") from error
