@@ -25,6 +25,7 @@ from dlexp.config.build import build, build_partial
 from dlexp.config.validation import validate_config
 from dlexp.data.contract import check_data
 from dlexp.data.protocol import ExperimentData
+from dlexp.data.split_checks import check_data_split
 from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
@@ -37,7 +38,7 @@ from dlexp.reports.run_files import (
     run_pictures,
     write_run_files,
 )
-from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
+from dlexp.reports.summary import accuracy, class_probabilities, class_report, summarise, summary_text
 from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
 from dlexp.tracking.keys import KEYS_ARTIFACT, run_keys
@@ -192,6 +193,7 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     data: ExperimentData = check_data(build("dataset", cfg.dataset), cfg.dataset.get("_target_", "?"))
     # data.groups: image data split by specimen, so no specimen is in two folds
     folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, data.groups)
+    split_check = check_data_split(data, folds)  # a class never tested or missing from a fold: WARNING lines
     eval_transform = data.eval_transform
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
@@ -253,6 +255,8 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
         best_model = models[summary["best_fold"] - 1]
         mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
         predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
+        summary["test_per_class"] = class_report(data.class_names, data.y_test, predicted, split_check.untested)
+        summary["split_warnings"] = split_check.warnings
         # The helper process draws the run's pictures while this one draws the classification ones.
         for picture in [*run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid),
                         *classification_pictures(writer, plot_dir, summary, data, predicted, here=True)]:

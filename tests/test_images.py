@@ -179,7 +179,7 @@ def test_decode_all_caches_by_files_and_size(tmp_path, bees, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(image_cache, "DataLoader", no_decoding)
+    monkeypatch.setattr(image_cache, "worker_batches", no_decoding)
     assert torch.equal(decode_all(dataset, (20, 16), num_workers=2, cache_dir=tmp_path / "cache"), first)
     monkeypatch.undo()
     next((tmp_path / "cache").glob("images-*.pt")).write_bytes(b"damaged")

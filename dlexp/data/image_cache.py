@@ -1,7 +1,7 @@
 """Decode and resize every image once into one uint8 tensor, cached on disk so no JPEG is decoded twice.
 
-The cache key covers the listed files (size and modification time), the image size and the resize, so a
-changed file or setting decodes again.
+The cache key covers the listed files (size and modification time), the image size, the resize and the
+decoding (``dlexp.data.decode.DECODING``), so a changed file, setting or decoder decodes again.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from dlexp.data.decode import DECODING
 from dlexp.data.image_dataset import CsvImageDataset
+from dlexp.data.workers import batches as worker_batches
 from dlexp.training import progress
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+#: 2: images are decoded with their EXIF orientation applied; a cache of version 1 holds phone photos
+#: sideways and is never read again.
+CACHE_VERSION = 2
 
 
 def resize_transform(size: Sequence[int]) -> v2.Resize:
@@ -32,14 +35,14 @@ def resize_transform(size: Sequence[int]) -> v2.Resize:
 
 
 def _cache_key(dataset: CsvImageDataset, size: Sequence[int]) -> str:
-    """Changes when any listed file, the image size or the resize changes."""
+    """Changes when any listed file, the image size, the resize or the decoding changes."""
     if dataset.source.is_zip:
         stat = dataset.source.path.stat()
         files = [str(dataset.source.path.resolve()), stat.st_size, stat.st_mtime_ns, dataset.locations]
     else:
         files = [(loc, (s := os.stat(loc)).st_size, s.st_mtime_ns) for loc in dataset.locations]
     spec = {"version": CACHE_VERSION, "files": files, "size": list(size),
-            "transform": repr(resize_transform(size))}
+            "transform": repr(resize_transform(size)), "decoding": DECODING}
     return hashlib.sha256(json.dumps(spec, default=str).encode()).hexdigest()[:24]
 
 
@@ -68,8 +71,7 @@ def decode_all(
     saved = dataset.transform, dataset.return_label_name
     dataset.transform, dataset.return_label_name = resize_transform(size), False
     try:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                            persistent_workers=False)
+        loader = worker_batches(dataset, batch_size, num_workers)  # in a launcher's worker too
         batches = progress.track(loader, len(dataset), "decoding images", "image", size=lambda b: len(b[0]))
         images = torch.cat([batch for batch, _ in batches])
     finally:

@@ -167,7 +167,7 @@ def plot_per_class_accuracy(path: Path, accuracies: np.ndarray, class_names: Seq
     ax.bar(range(len(class_names)), np.nan_to_num(accuracies), color=[colours(i % 10) for i in
                                                                       range(len(class_names))])
     for i, acc in enumerate(accuracies):
-        label = "n/a" if np.isnan(acc) else f"{acc:.0%}"
+        label = "not tested" if np.isnan(acc) else f"{acc:.0%}"  # summary.txt says why
         ax.text(i, np.nan_to_num(acc) + 0.02, label, ha="center", fontsize=8)
     ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.1)

@@ -37,6 +37,34 @@ def summarise(results: list[FoldResult], ensemble_acc: float, seconds: float) ->
     }
 
 
+def class_report(class_names: list[str], y_test: torch.Tensor, predicted: torch.Tensor,
+                 untested: dict[str, str]) -> dict:
+    """The reported model's test accuracy within each class (recall), for the summary:
+    ``{name: {"test_images": n, "test_acc": share right or None, "note": why None}}``; ``untested`` gives the
+    reason a class has no test rows (dlexp.data.split_checks), so it never shows as a bare "n/a"."""
+    y_test, predicted = np.asarray(y_test), np.asarray(predicted)
+    report = {}
+    for c, name in enumerate(class_names):
+        rows = y_test == c
+        report[name] = {"test_images": int(rows.sum()),
+                        "test_acc": float((predicted[rows] == c).mean()) if rows.any() else None,
+                        "note": None if rows.any() else untested.get(name, "not tested: no test rows")}
+    return report
+
+
+def _class_lines(summary: dict) -> list[str]:
+    """summary.txt's per-class accuracy and split warnings, when the run has them."""
+    lines = []
+    if classes := summary.get("test_per_class"):
+        lines.append(f"test accuracy per class (fold {summary['best_fold']} model):")
+        lines += [f"  {name}: {c['note']}" if c["test_acc"] is None else
+                  f"  {name}: {c['test_acc']:.1%} of {c['test_images']}" for name, c in classes.items()]
+    if warnings := summary.get("split_warnings"):
+        lines.append(f"warnings about the split ({len(warnings)}):")
+        lines += [f"  WARNING: {line}" for line in warnings]
+    return lines
+
+
 def summary_text(summary: dict, data: ExperimentData) -> str:
     folds = ", ".join(f"{fold}: {acc:.1%}" for fold, acc in summary["fold_test_acc"].items())
     return "\n".join([
@@ -48,4 +76,5 @@ def summary_text(summary: dict, data: ExperimentData) -> str:
         f"mean over folds: {summary['test_acc_fold_mean']:.2%} ± {summary['test_acc_fold_std']:.2%}",
         f"ensemble of the fold models (mean probabilities): {summary['test_acc_ensemble']:.2%}",
         f"training time: {summary['train_seconds']:.1f} s",
+        *_class_lines(summary),
     ]) + "\n"
