@@ -82,8 +82,12 @@ def data_files(dataset: DictConfig) -> dict[str, list[Path]]:
 def context_digests(dataset: DictConfig) -> dict[str, str]:
     """``{"training": digest, "testing": digest}`` of the files :func:`data_files` names (``""`` for a
     context without files). Raises OSError when a named file cannot be read."""
-    return {context: combine([file_digest(path) for path in paths]) if paths else ""
-            for context, paths in data_files(dataset).items()}
+    def digest(paths: list[Path]) -> str:
+        if len(paths) == 1:
+            return file_digest(paths[0])  # a point table's digest is its file's (sha256sum's first digits)
+        return combine([file_digest(path) for path in paths]) if paths else ""
+
+    return {context: digest(paths) for context, paths in data_files(dataset).items()}
 
 
 def data_digest(dataset: DictConfig) -> str:

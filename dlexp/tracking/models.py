@@ -66,8 +66,11 @@ def preprocessing(data: ExperimentData, outputs: str) -> dict:
 
 
 def raw_signature(spec: dict) -> ModelSignature:
+    """Points: the feature columns (double; the pyfunc reads them as float32 as training did) in, the
+    prediction table out. Images: only the output side, since MLflow's input schemas cannot say "a
+    column of paths or bytes, or an array" and would turn the arrays away (dlexp_pyfunc checks the input)."""
     inputs = (Schema([ColSpec("double", c) for c in spec["feature_columns"]]) if spec["kind"] == "points"
-              else Schema([ColSpec("string", dlexp_pyfunc.IMAGE_COLUMN)]))
+              else None)
     outputs = Schema([ColSpec("string", "class"), ColSpec("float", "probability"),
                       *[ColSpec("float", f"p.{name}") for name in spec["class_names"]]])
     return ModelSignature(inputs=inputs, outputs=outputs)
