@@ -176,3 +176,25 @@ def test_a_model_loads_in_a_fresh_process_that_knows_only_the_store(store):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] in list("01234")
+
+
+def test_artifacts_go_beside_a_sqlite_store_outside_the_project_and_the_closing_lines_say_where(tmp_path, caplog):
+    from dlexp.tracking.store import setup_experiment
+    from dlexp.tracking.where import report_run
+
+    uri = f"sqlite:///{tmp_path}/elsewhere/mlflow.db"
+    cfg = compose_config(["+experiment=spiral", f"tracking.uri={uri}"])
+    assert cfg.tracking.artifact_location is None
+    setup_experiment(uri, "spiral", None)
+    with mlflow.start_run(tags={"dlexp.output_dir": str(tmp_path / "run")}) as run:
+        mlflow.log_text("hello", "hello.txt")
+    assert (tmp_path / "elsewhere" / "mlartifacts" / run.info.run_id / "artifacts" / "hello.txt").is_file()
+    caplog.set_level("INFO", logger="dlexp")
+    report_run(cfg, tmp_path / "run")
+    assert f"  artifacts:  {run.info.artifact_uri}\n" in caplog.text + "\n"
+
+    # an experiment made earlier with its artifacts elsewhere is used as it is, and said
+    other = compose_config(["+experiment=spiral", f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path}/new"])
+    caplog.clear()
+    report_run(other, tmp_path / "run")
+    assert f"was created with its artifacts there, not in {tmp_path}/new" in caplog.text

@@ -73,7 +73,8 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.get_experiment_by_name(experiment_name)  # MLflow creates the schema here
         if experiment is None:
-            location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
+            location = None if server else artifacts_folder(uri, artifact_location)
+            location = location.as_uri() if location else None
             try:
                 experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location,
                                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
@@ -86,6 +87,16 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
                 MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def artifacts_folder(uri: str, artifact_location: str | None) -> Path | None:
+    """Where a new experiment of a local store keeps its artifacts: ``artifact_location``, else the folder
+    ``mlartifacts`` beside a SQLite store's file (so a store outside the project keeps its artifacts with it);
+    None where MLflow decides (a server, another kind of store)."""
+    if artifact_location:
+        return Path(artifact_location).resolve()
+    database = sqlite_path(uri)
+    return database.resolve().parent / "mlartifacts" if database is not None else None
 
 
 @contextmanager
