@@ -192,8 +192,8 @@ def config_hash(cfg: DictConfig) -> str:
     """SHA-256 of the resolved config without ``tracking`` (where a run is logged is not what it trains).
 
     Two jobs with the same hash (and the same code, ``code_hash``) train the same thing; a resumed sweep
-    skips a job whose hashes already FINISHED in it. Data files are named, not read: edit a file in place
-    and the hash stays the same.
+    skips a job whose hashes already FINISHED in it. Data files are named, not read, here: their contents
+    are compared through the tag ``dlexp.data_digest`` (dlexp.tracking.datasets.data_changed).
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("tracking", None)
