@@ -198,3 +198,26 @@ def test_artifacts_go_beside_a_sqlite_store_outside_the_project_and_the_closing_
     caplog.clear()
     report_run(other, tmp_path / "run")
     assert f"was created with its artifacts there, not in {tmp_path}/new" in caplog.text
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_system_metrics_are_recorded_by_mlflow_only_when_switched_on(store, monkeypatch, switch):
+    pytest.importorskip("psutil")
+    import time
+
+    from dlexp.experiment import use_system_metrics
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    use_system_metrics(compose_config(["+experiment=spiral", f"tracking.system_metrics={str(switch).lower()}"]))
+    mlflow.set_tracking_uri(store["uri"])
+    try:
+        with mlflow.start_run() as run:
+            time.sleep(2)
+    finally:
+        mlflow.disable_system_metrics_logging()
+    metrics = store["client"].get_run(run.info.run_id).data.metrics
+    system = {key for key in metrics if key.startswith("system/")}
+    if switch:
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+    else:
+        assert not system
