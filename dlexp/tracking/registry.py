@@ -32,6 +32,16 @@ def champion_of(client, name: str):
         return None
 
 
+def logged_model_uri(client, run_id: str) -> str:
+    """``models:/<id>`` of the run's LoggedModel ``model`` (what ``runs:/<run_id>/model`` stands for in
+    MLflow 3; registering that URI works too, with a warning that it was looked up)."""
+    run = client.get_run(run_id)
+    found = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'", max_results=1)
+    return f"models:/{found[0].model_id}" if found else f"runs:/{run_id}/{MODEL_NAME}"
+
+
 def better(value: float, than: float, higher: bool) -> bool:
     return not math.isnan(value) and (math.isnan(than) or (value > than if higher else value < than))
 
@@ -49,7 +59,7 @@ def register_best(client, name: str, run_id: str, metric: str, value: float, hig
     if existing:
         version = max(existing, key=lambda v: int(v.version))
     else:
-        version = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME}", name, tags={
+        version = mlflow.register_model(logged_model_uri(client, run_id), name, tags={
             METRIC_TAG: metric, VALUE_TAG: repr(float(value)), DIRECTION_TAG: "higher" if higher else "lower"})
     where = f"model '{name}' version {version.version}"
     champion = champion_of(client, name)
