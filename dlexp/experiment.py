@@ -31,7 +31,7 @@ from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.reports import plots
 from dlexp.reports.run_files import classification_pictures, data_picture, run_pictures, write_run_files
 from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
-from dlexp.tracking.background import HelperClient, Writer, run_in_helper, start_helper
+from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.datasets import DATA_DIGEST_TAG, log_datasets
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
@@ -153,7 +153,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     if log_models:
         from dlexp.tracking import models as run_models
 
-        run_in_helper(run_models.warm_up)  # the export machinery loads there while this process trains
+        run_models.start_warm_up()  # the export machinery loads in the helper while this process trains
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer

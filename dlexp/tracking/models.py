@@ -178,6 +178,15 @@ def warm_up() -> None:
     _init_packages_to_modules_map()
 
 
+def start_warm_up() -> None:
+    """:func:`warm_up` in the helper process, while this one loads data and trains; nothing where there is no
+    helper (a parallel launcher's worker: the first model logging pays it there)."""
+    from dlexp.tracking.background import helper_possible, run_in_helper
+
+    if helper_possible():
+        run_in_helper(warm_up)
+
+
 def log_run_models(writer, tracking_uri: str, run_id: str, best_model: torch.nn.Module,
                    fold_models: list[torch.nn.Module], data: ExperimentData) -> None:
     """Log the run's models in the helper process (dlexp.tracking.background), after what it was given
