@@ -118,7 +118,8 @@ def test_an_image_runs_model_predicts_from_image_files_as_the_run_scored_them(st
 @pytest.mark.full
 def test_a_sweep_registers_its_best_model_as_champion_and_a_worse_sweep_leaves_the_alias(tmp_path):
     where = sqlite_store(tmp_path)
-    first = run_dlexp("-m", *TINY, *where, "optimizer.lr=0.01,0.03", "tracking.register_as=spiral-mlp")
+    first = run_dlexp("-m", *TINY, *where, "optimizer.lr=0.01,0.03", "tracking.register_as=spiral-mlp",
+                      timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "as models:/spiral-mlp@champion" in first.stdout
     client = mlflow.MlflowClient(where[0].split("=", 1)[1])
@@ -135,7 +136,7 @@ def test_a_sweep_registers_its_best_model_as_champion_and_a_worse_sweep_leaves_t
     elsewhere = [arg for arg in where if not arg.startswith("hydra.sweep.dir=")]
     elsewhere.append(f"hydra.sweep.dir={tmp_path}/sweep2")
     worse = run_dlexp("-m", *TINY, *elsewhere, "trainer.max_epochs=1", "optimizer.lr=0.00001,0.00002",
-                      "tracking.register_as=spiral-mlp")
+                      "tracking.register_as=spiral-mlp", timeout=600)
     assert worse.returncode == 0, worse.stderr[-3000:]
     assert f"the champion stays version {champion.version}" in worse.stdout
     assert client.get_model_version_by_alias("spiral-mlp", "champion").version == champion.version
@@ -148,15 +149,15 @@ def test_a_resumed_sweep_trains_again_a_job_whose_data_file_changed(tmp_path):
     shutil.copytree(ROOT / "data", data)
     args = ["-m", *TINY, *sqlite_store(tmp_path), f"dataset.train_path={data / 'trainData.txt'}",
             f"dataset.test_path={data / 'testData.txt'}", "trainer.seed=1,2"]
-    assert run_dlexp(*args).returncode == 0
-    again = run_dlexp(*args)
+    assert run_dlexp(*args, timeout=600).returncode == 0
+    again = run_dlexp(*args, timeout=600)
     assert again.returncode == 0 and "data changed" not in again.stderr + again.stdout
     records = sorted((tmp_path / "sweep").glob("*/dlexp_job.json"))
     assert [json.loads(r.read_text())["reused"] for r in records] == [True, True]
 
     lines = (data / "trainData.txt").read_text().splitlines(keepends=True)
     (data / "trainData.txt").write_text("".join(lines[:-10]))  # an edit in place: same path, same config
-    edited = run_dlexp(*args)
+    edited = run_dlexp(*args, timeout=600)
     assert edited.returncode == 0, edited.stderr[-3000:]
     said = [line for line in (edited.stdout + edited.stderr).splitlines() if "data changed" in line]
     assert len(said) == 2 and str(data / "trainData.txt") in said[0]
