@@ -222,3 +222,20 @@ def test_system_metrics_are_recorded_by_mlflow_only_when_switched_on(store, monk
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
     else:
         assert not system
+
+
+def test_a_model_that_cannot_be_exported_leaves_the_run_finished_and_says_why(store, monkeypatch):
+    from dlexp.tracking import models
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("torch.export cannot trace this model")
+
+    monkeypatch.setattr(models, "log_models_for", refuse)
+    monkeypatch.setattr("dlexp.tracking.background.helper_possible", lambda: False)  # the patch holds here
+    overrides = ["+experiment=spiral", *QUICK, *store["overrides"]]
+    out = store["dir"] / "run"
+    run_experiment(compose_config(overrides), out, overrides)
+    run = finished_run(store, "spiral", out)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dlexp.model_error"] == "RuntimeError: torch.export cannot trace this model"
+    assert (out / "model.pt").is_file()

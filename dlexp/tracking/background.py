@@ -107,7 +107,10 @@ def run_in_helper(function: Callable, *args) -> Future:
     importable by name: a module's top-level function); here, at once, where there is no helper."""
     if not helper_possible():
         future: Future = Future()
-        future.set_result(function(*args))
+        try:
+            future.set_result(function(*args))
+        except Exception as error:  # noqa: BLE001 (given to the future's reader, as the helper would)
+            future.set_exception(error)
         return future
     return picture_pool().submit(function, *args)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import sys
 from dataclasses import dataclass
@@ -34,9 +35,12 @@ from mlflow.types import ColSpec, Schema
 from dlexp.data.protocol import ExperimentData
 from dlexp.models import dlexp_pyfunc
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = "model"
 ENSEMBLE_NAME = "ensemble"
 EXAMPLE_ROWS = 5
+MODEL_ERROR_TAG = "dlexp.model_error"  # why a run has no MLflow models (it finished without them)
 
 
 class MeanProbabilities(torch.nn.Module):
@@ -190,10 +194,22 @@ def start_warm_up() -> None:
 def log_run_models(writer, tracking_uri: str, run_id: str, best_model: torch.nn.Module,
                    fold_models: list[torch.nn.Module], data: ExperimentData) -> None:
     """Log the run's models in the helper process (dlexp.tracking.background), after what it was given
-    before; ``writer.drain()`` waits for them and raises their error. Off the training thread because the
-    export and MLflow's model files cost ~1-2 s a run (benchmarks/README.md)."""
-    from dlexp.tracking.background import run_in_helper
+    before; ``writer.drain()`` waits for them. Off the training thread because the export and MLflow's model
+    files cost ~1-2 s a run (benchmarks/README.md). A model that cannot be exported or logged does not fail
+    the run: a warning says why, and so does the tag ``dlexp.model_error``."""
+    from dlexp.tracking.background import Aborted, run_in_helper
 
     future = run_in_helper(log_models_for, tracking_uri, run_id, models_to_log(best_model, fold_models, data))
     writer.futures.append(future)
-    writer.submit(lambda: writer.wait_for(future))
+
+    def wait() -> None:
+        try:
+            writer.wait_for(future)
+        except Aborted:
+            raise
+        except Exception as error:  # noqa: BLE001 (the run's results stand; the model's absence is said)
+            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            log.warning("the run's MLflow models could not be logged (%s); its results and model.pt stand", reason)
+            mlflow.MlflowClient(tracking_uri).set_tag(run_id, MODEL_ERROR_TAG, reason[:5000])
+
+    writer.submit(wait)
