@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from dlexp.config.build import build, build_partial
 from dlexp.config.validation import validate_config
 from dlexp.data.contract import check_data
+from dlexp.data.digest import context_digests, data_digest
 from dlexp.data.protocol import ExperimentData
 from dlexp.data.split_checks import check_data_split
 from dlexp.data.splits import kfold_indices
@@ -40,6 +41,7 @@ from dlexp.reports.run_files import (
 )
 from dlexp.reports.summary import accuracy, class_probabilities, class_report, summarise, summary_text
 from dlexp.tracking.background import HelperClient, Writer, start_helper
+from dlexp.tracking.datasets import DATA_DIGEST_TAG, log_datasets
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
 from dlexp.tracking.keys import KEYS_ARTIFACT, run_keys
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
@@ -186,6 +188,11 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     validate_config(cfg)
     progress.configure(trainer_progress(cfg))
     start_helper()  # the picture process starts while the data loads
+    log_models = bool(OmegaConf.select(cfg, "tracking.log_models", default=True))
+    if log_models:
+        from dlexp.tracking import models as run_models
+
+        run_models.start_warm_up()  # the export machinery loads in the helper while this process trains
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
@@ -206,7 +213,7 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     strategy = choose_strategy(trainer.strategy, probe, data)
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
-            "dlexp.dataset": data.name, **job_tags(cfg), **(extra_tags or {})}
+            "dlexp.dataset": data.name, **job_tags(cfg), **data_tags(cfg), **(extra_tags or {})}
     if (split_note := data.split_note()) is not None:
         tags["dlexp.split"] = split_note
     if commit := git_commit():
@@ -216,11 +223,13 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     params, renamed_keys = run_keys(flatten(cfg), data.class_names, CLASS_METRIC_PREFIX)
     plot_dir = output_dir / "plots"
     run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
+    use_system_metrics(cfg)
     with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt") as run, Writer() as writer:
         client, run_id = HelperClient(writer, mlflow.get_tracking_uri()), run.info.run_id
         mlflow.log_params(params)
         if renamed_keys:  # the original names of the keys that had to change
             mlflow.log_dict(renamed_keys, KEYS_ARTIFACT)
+        log_datasets(cfg.dataset, data, context_digests(cfg.dataset))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
         log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
@@ -261,11 +270,30 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
         for picture in [*run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid),
                         *classification_pictures(writer, plot_dir, summary, data, predicted, here=True)]:
             writer.log_artifact(client, run_id, picture, "plots")
+        if log_models:  # after the metrics, which MLflow links to the models
+            run_models.log_run_models(writer, mlflow.get_tracking_uri(), run_id, best_model, models, data)
         writer.drain()  # every picture is in the store before the model and summary are written
         for path in write_run_files(output_dir, summary, best_model, data):
             mlflow.log_artifact(str(path))
     log.info("\n%s", summary_text(summary, data))
     return ExperimentOutcome(summary, run_id, results, models, best_model, data)
+
+
+def data_tags(cfg: DictConfig) -> dict[str, str]:
+    """The data digest a resumed sweep compares (dlexp.data.digest.data_digest), as the tag
+    ``dlexp.data_digest``; none for generated data (its config is its content)."""
+    digest = data_digest(cfg.dataset)
+    return {DATA_DIGEST_TAG: digest} if digest else {}
+
+
+def use_system_metrics(cfg: DictConfig) -> None:
+    """``tracking.system_metrics``: MLflow's own CPU/memory (GPU) sampling on the job's run, or none (the
+    switch is MLflow's process-wide one, set for every run so sweep jobs in one process follow their own
+    config). Needs psutil."""
+    if OmegaConf.select(cfg, "tracking.system_metrics", default=False):
+        mlflow.enable_system_metrics_logging()
+    else:
+        mlflow.disable_system_metrics_logging()
 
 
 def fold_dir(output_dir: Path, fold: int) -> Path:

@@ -17,7 +17,6 @@ import os
 import secrets
 import sys
 import tempfile
-from pathlib import Path
 
 from dlexp.locations import CONF_DIR, PROJECT_ROOT
 
@@ -30,7 +29,9 @@ def project_store() -> tuple[str, str]:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         tracking = compose(config_name="config").tracking
-    return str(tracking.uri), str(Path(tracking.artifact_location).resolve())
+    from dlexp.tracking.store import artifacts_folder
+
+    return str(tracking.uri), str(artifacts_folder(str(tracking.uri), tracking.artifact_location))
 
 
 def server_command(port: int, host: str = LOOPBACK, backend_store_uri: str | None = None,

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", help="a run id: its page instead of the runs table")
     parser.add_argument("--tab", help="with --run: a tab of its page and a path in it, e.g. artifacts/sweep_jobs.json")
     parser.add_argument("--flat", action="store_true", help="list every run unnested (sorted by name)")
+    parser.add_argument("--page", help="another page of the UI by its path after '#/', {experiment} for the "
+                        "experiment's id: experiments/{experiment}/models (its Models tab), models (the registry)")
     parser.add_argument("--out", type=Path, help="PNG to write (default: mlflow_ui.png, unless --dom alone)")
     parser.add_argument("--dom", type=Path, help="write the rendered page's HTML here")
     parser.add_argument("--size", default="1600,1000", help="window size WIDTH,HEIGHT")
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     experiment_id = experiment_id_of(args.store, args.experiment)
     artifacts = args.artifacts or (str(Path(tempfile.gettempdir()) / "dlexp-ui-artifacts") if args.store else None)
     with mlflow_server(args.store, artifacts) as base:
-        url = page_url(base, experiment_id, args.run, args.flat, args.tab)
+        url = (f"{base}/#/{args.page.format(experiment=experiment_id)}?workflowType=machine_learning" if args.page
+               else page_url(base, experiment_id, args.run, args.flat, args.tab))
         html = render(url, args.out.resolve() if args.out else None, args.size)
     if args.dom:
         args.dom.write_text(html)

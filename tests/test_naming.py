@@ -118,11 +118,12 @@ def test_a_single_run_ends_with_where_its_results_are_and_names_its_runs(tmp_pat
     assert sorted(f.info.run_name for f in folds) == [f"fold 1 of {name}", f"fold 2 of {name}"]
 
     experiment_id = job.info.experiment_id
-    tail = [re.sub(r"^\[[^]]*\]\[dlexp\]\[INFO\] - ", "", line) for line in result.stdout.splitlines()[-5:]]
+    tail = [re.sub(r"^\[[^]]*\]\[dlexp\]\[INFO\] - ", "", line) for line in result.stdout.splitlines()[-6:]]
     assert tail == [
         "results of this run (FINISHED):",
         f"  run folder: {tmp_path}/run",
         f"  MLflow run: '{name}' (id {job.info.run_id}) in experiment 'spiral' of sqlite:///{tmp_path}/mlflow.db",
+        f"  artifacts:  file://{tmp_path}/artifacts/{job.info.run_id}/artifacts",
         f"  see it:     python -m dlexp.server --backend-store-uri sqlite:///{tmp_path}/mlflow.db --port 5000",
         f"              then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{job.info.run_id}"
         "?workflowType=machine_learning",

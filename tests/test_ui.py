@@ -57,12 +57,13 @@ def test_a_sweep_ends_with_where_its_results_are_and_its_best_job(sweep):
     sweeps, jobs, _ = runs_by_kind(client, EXPERIMENT)
     run, best = sweeps[0], max(jobs, key=lambda job: job.data.metrics["val_acc_mean"])
     experiment_id = run.info.experiment_id
-    assert sweep["result"].stdout.splitlines()[-7:] == [
+    assert sweep["result"].stdout.splitlines()[-8:] == [
         "results of this sweep (FINISHED, 4 jobs: 4 FINISHED):",
         f"  sweep folder: {tmp_path}/sweep (a folder per job)",
         f"  jobs table:   {tmp_path}/sweep/sweep_jobs.csv, and sweep_jobs.json in the sweep run's artifacts",
         f"  MLflow run:   '{run.info.run_name}' (id {run.info.run_id}) in experiment '{EXPERIMENT}' of "
         f"{sweep['uri']}; its jobs are nested under it",
+        f"  artifacts:    {client.get_experiment(experiment_id).artifact_location}/<run id>/artifacts",
         f"  best job:     #{best.data.tags['dlexp.sweep_job']} '{best.info.run_name}': val_acc_mean = "
         f"{best.data.metrics['val_acc_mean']:.4f} (MLflow run {best.info.run_id})",
         f"  see it:       python -m dlexp.server --backend-store-uri {sweep['uri']} --port 5000",

@@ -79,6 +79,7 @@ class SweepRun(Callback):
         self.took_sigterm = False
         self.swept: list[str] = []
         self.where = ("", "")  # the store's URI and the experiment's name, for the closing lines
+        self.register_as: str | None = None  # tracking.register_as: the registered model the best job joins
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dlexp.errors import DlexpError
@@ -147,6 +148,7 @@ class SweepRun(Callback):
         self.best_metric = str(tracking.best_metric)
         self.best_metric_mode = str(tracking.best_metric_mode)
         self.where = (uri, str(tracking.experiment_name))
+        self.register_as = tracking.get("register_as") or None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = self.finish(completed=True)
@@ -186,7 +188,24 @@ class SweepRun(Callback):
         best = best_row(rows, self.best_metric, higher_is_better(self.best_metric, self.best_metric_mode))
         print(sweep_report(self.sweep_dir, client.get_run(run_id), experiment_name, uri, rows, best,
                            self.best_metric), flush=True)
+        if best is not None and self.register_as:
+            print(register_best_job(client, str(self.register_as), best, self.best_metric,
+                                    higher_is_better(self.best_metric, self.best_metric_mode)), flush=True)
         return [row for row in rows if row["status"] not in DONE]
+
+
+def register_best_job(client, name: str, best: dict, metric: str, higher: bool) -> str:
+    """The closing line about ``tracking.register_as`` (dlexp.tracking.registry.register_best); a registry
+    that refuses is said in that line, the sweep's results stand."""
+    from mlflow.exceptions import MlflowException
+
+    from dlexp.tracking.registry import register_best
+
+    try:
+        line = register_best(client, name, best["run_id"], metric, float(best[metric]), higher)
+    except MlflowException as error:
+        line = f"not registered as {name!r}: {str(error).splitlines()[0]}"
+    return f"  registry:     {line}"
 
 
 def count_jobs(config: DictConfig) -> int | None:
@@ -417,9 +436,15 @@ class SweepJob:
 
         hashed = config_hash(cfg)
         if (previous := find_finished_run(experiment_id, hashed, self.parent_run_id)) is not None:
-            log.info("job #%d skipped: its config already FINISHED in this sweep with this code, as run %s",
-                     self.num, previous.info.run_id)
-            return previous
+            from dlexp.tracking.datasets import data_changed
+
+            if (change := data_changed(previous, cfg.dataset)) is None:
+                log.info("job #%d skipped: its config already FINISHED in this sweep with this code, as run %s",
+                         self.num, previous.info.run_id)
+                return previous
+            log.warning("job #%d: its data changed since run %s (%s); training it again", self.num,
+                        previous.info.run_id, change)
+            return None
         for other in finished_with_other_code(experiment_id, hashed, self.parent_run_id)[:1]:
             log.warning("job #%d: its config FINISHED as run %s, but with other code (%s %s, now %s); "
                         "training it again", self.num, other.info.run_id, CODE_HASH_TAG,

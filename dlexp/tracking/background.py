@@ -102,6 +102,19 @@ def render(function: str, path: Path, *args, **kwargs) -> Future:
     return picture_pool().submit(_render, function, str(path), args, kwargs)
 
 
+def run_in_helper(function: Callable, *args) -> Future:
+    """``function(*args)`` in the helper process, after what it was given before (``function`` must be
+    importable by name: a module's top-level function); here, at once, where there is no helper."""
+    if not helper_possible():
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as error:  # noqa: BLE001 (given to the future's reader, as the helper would)
+            future.set_exception(error)
+        return future
+    return picture_pool().submit(function, *args)
+
+
 def start_helper() -> None:
     """Start the helper process now, so its imports overlap with the run's own start-up."""
     if helper_possible():

@@ -98,9 +98,12 @@ def find_or_create_experiment(uri: str, database: Path | None, experiment_name: 
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.get_experiment_by_name(experiment_name)  # MLflow creates the schema here
         if experiment is None:
-            location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
+            location = None if server else artifacts_folder(uri, artifact_location)
+            location = location.as_uri() if location else None
             if location:
-                check_artifact_folder(location, f"tracking.artifact_location={artifact_location}")
+                setting = f"tracking.artifact_location={artifact_location}" if artifact_location else \
+                    f"the artifact folder beside the store ({location})"
+                check_artifact_folder(location, setting)
             try:
                 experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location,
                                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
@@ -120,6 +123,16 @@ def find_or_create_experiment(uri: str, database: Path | None, experiment_name: 
             if kind_is_unset(experiment.tags.get(EXPERIMENT_KIND_TAG)):
                 MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment_id
+
+
+def artifacts_folder(uri: str, artifact_location: str | None) -> Path | None:
+    """Where a new experiment of a local store keeps its artifacts: ``artifact_location``, else the folder
+    ``mlartifacts`` beside a SQLite store's file (so a store outside the project keeps its artifacts with it);
+    None where MLflow decides (a server, another kind of store)."""
+    if artifact_location:
+        return Path(artifact_location).resolve()
+    database = sqlite_path(uri)
+    return database.resolve().parent / "mlartifacts" if database is not None else None
 
 
 @contextmanager
@@ -215,8 +228,8 @@ def config_hash(cfg: DictConfig) -> str:
     """SHA-256 of the resolved config without ``tracking`` (where a run is logged is not what it trains).
 
     Two jobs with the same hash (and the same code, ``code_hash``) train the same thing; a resumed sweep
-    skips a job whose hashes already FINISHED in it. Data files are named, not read: edit a file in place
-    and the hash stays the same.
+    skips a job whose hashes already FINISHED in it. Data files are named, not read, here: their contents
+    are compared through the tag ``dlexp.data_digest`` (dlexp.tracking.datasets.data_changed).
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("tracking", None)

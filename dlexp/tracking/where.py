@@ -49,14 +49,27 @@ def open_lines(uri: str, experiment_id: str, run_id: str, width: int) -> list[st
     return [label + command, " " * len(label) + f"then open {url}"] if command else [label + url]
 
 
-def run_report(output_dir: Path, run, experiment_name: str, uri: str) -> str:
-    """The closing lines of a single run: its folder, its MLflow run and how to open it."""
+def run_report(output_dir: Path, run, experiment_name: str, uri: str, artifacts_note: str = "") -> str:
+    """The closing lines of a single run: its folder, its MLflow run, its artifacts and how to open it."""
     return "\n".join([
         f"results of this run ({run.info.status}):",
         f"  run folder: {Path(output_dir).resolve()}",
         f"  MLflow run: '{run.info.run_name}' (id {run.info.run_id}) in experiment '{experiment_name}' of {uri}",
+        f"  artifacts:  {run.info.artifact_uri}{artifacts_note}",
         *open_lines(uri, run.info.experiment_id, run.info.run_id, width=12),
     ])
+
+
+def artifacts_note(experiment, uri: str, artifact_location: str | None) -> str:
+    """Said when an existing experiment keeps its artifacts elsewhere than ``tracking.artifact_location``
+    (or than beside the SQLite store) would put a new one's: MLflow fixes the place when it is created."""
+    from dlexp.tracking.store import artifacts_folder
+
+    wanted = None if is_server(uri) else artifacts_folder(uri, artifact_location)
+    if wanted is None or experiment.artifact_location.rstrip("/") == wanted.as_uri().rstrip("/"):
+        return ""
+    return (f" (experiment '{experiment.name}' was created with its artifacts there, not in {wanted}: "
+            "an experiment keeps the place it was created with; a new experiment_name gets the new one)")
 
 
 def job_report(num: int, output_dir: Path, run) -> str:
@@ -77,6 +90,7 @@ def sweep_report(sweep_dir: Path, run, experiment_name: str, uri: str, rows: lis
         f"  jobs table:   {sweep_dir / 'sweep_jobs.csv'}, and sweep_jobs.json in the sweep run's artifacts",
         f"  MLflow run:   '{run.info.run_name}' (id {run.info.run_id}) in experiment '{experiment_name}' of {uri};"
         " its jobs are nested under it",
+        f"  artifacts:    {run.info.artifact_uri.rsplit('/', 2)[0]}/<run id>/artifacts",
     ]
     if best is not None:
         lines.append(f"  best job:     #{best['job']} '{best['name']}': {metric} = {best[metric]:.4f} "
@@ -132,7 +146,8 @@ def report_run(cfg, output_dir: str | Path, job_num: int | None = None) -> None:
     if run is None:
         return
     if job_num is None:
-        log.info("%s", run_report(Path(output_dir), run, experiment.name, str(tracking.uri)))
+        note = artifacts_note(experiment, str(tracking.uri), tracking.get("artifact_location"))
+        log.info("%s", run_report(Path(output_dir), run, experiment.name, str(tracking.uri), note))
     else:
         log.info("%s", job_report(job_num, Path(output_dir), run))
 
