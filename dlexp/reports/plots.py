@@ -36,20 +36,23 @@ PNG = {"compress_level": 1}
 _figures = threading.local()  # (kind, figure size) -> (Figure, axes), one set per thread that draws
 
 
-def _reused(kind: str, figsize: tuple[float, float], ncols: int = 1, **subplots) -> tuple[Figure, np.ndarray]:
+def _reused(kind: str, figsize: tuple[float, float], ncols: int = 1, margins: bool = True,
+            **subplots) -> tuple[Figure, np.ndarray]:
     """This thread's figure for ``kind``, emptied of the previous picture's data artists (lines, collections,
     images, texts, patches, legend, titles) with its data limits and autoscaling reset, so a picture drawn
     on it is the same as one drawn on a new figure (tests/test_pictures.py checks the pixels).
 
     The figure is a plain ``Figure`` on its own Agg canvas (not pyplot's): the canvas keeps its renderer
-    between saves and nothing global holds it. Made with fixed ``MARGINS`` on first use."""
+    between saves and nothing global holds it. Made with fixed ``MARGINS`` on first use (with matplotlib's
+    default margins if not ``margins``)."""
     cache = _figures.__dict__.setdefault("figures", {})
     key = (kind, figsize, ncols, tuple(sorted(subplots.items())))
     if key not in cache:
         fig = Figure(figsize=figsize)
         FigureCanvasAgg(fig)
         axes = np.atleast_1d(fig.subplots(1, ncols, squeeze=False, **subplots)[0])
-        fig.subplots_adjust(**MARGINS)
+        if margins:
+            fig.subplots_adjust(**MARGINS)
         fig.dlexp_reused = True
         cache[key] = (fig, axes)
     fig, axes = cache[key]
@@ -179,7 +182,7 @@ def plot_confusion_matrix(path: Path, y_true, y_pred, class_names: Sequence[str]
 
     n = len(class_names)
     matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), labels=np.arange(n))
-    fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.2 * n + 2))
+    fig, (ax,) = _reused("confusion_matrix", (1.2 * n + 3, 1.2 * n + 2), margins=False)
     ax.imshow(matrix, cmap="Blues")
     for i in range(n):
         for j in range(n):
@@ -203,7 +206,7 @@ def per_class_accuracy(y_true, y_pred, n_classes: int) -> np.ndarray:
 def plot_per_class_accuracy(path: Path, accuracies: np.ndarray, class_names: Sequence[str],
                             title: str) -> Path:
     """One bar per class: the share of its test samples predicted right."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(class_names)), 4))
+    fig, (ax,) = _reused("per_class_accuracy", (max(5, 1.2 * len(class_names)), 4), margins=False)
     colours = plt.get_cmap(CMAP)
     ax.bar(range(len(class_names)), np.nan_to_num(accuracies), color=[colours(i % 10) for i in
                                                                       range(len(class_names))])
