@@ -161,10 +161,12 @@ def plot_decision_boundary(
     regions = np.asarray(regions).reshape(gx.shape)
     fig, (ax,) = _reused("decision_boundary", (6, 6))
     # The class grid as an image, one cell per grid point (centred on it): the regions contourf drew, at
-    # the grid's own resolution, for a fraction of the cost (contourf traces every region's outline).
+    # the grid's own resolution, for less (contourf traces every region's outline). Nearest-neighbour
+    # resampling of the class numbers (stage "data"), coloured after: 9 ms a picture here against 21 ms for
+    # resampling the coloured RGBA image (matplotlib's default stage), the same pixels for a class grid.
     dx, dy = (gx[0, -1] - gx[0, 0]) / (gx.shape[1] - 1) / 2, (gy[-1, 0] - gy[0, 0]) / (gy.shape[0] - 1) / 2
     ax.imshow(regions, origin="lower", extent=(gx[0, 0] - dx, gx[0, -1] + dx, gy[0, 0] - dy, gy[-1, 0] + dy),
-              cmap=CMAP, vmin=-0.5, vmax=9.5, alpha=0.35, interpolation="nearest")
+              cmap=CMAP, vmin=-0.5, vmax=9.5, alpha=0.35, interpolation="nearest", interpolation_stage="data")
     _scatter(ax, x, y, len(class_names))
     if marked is not None and marked.any():
         ax.scatter(x[marked, 0], x[marked, 1], marker="x", c="k", s=40, linewidths=1.2,
