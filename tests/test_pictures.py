@@ -128,3 +128,47 @@ def test_misclassified_grid_shows_exactly_the_reported_models_wrong_test_images(
         row, col = divmod(k, columns)
         tile = shown[2 + row * 18: 18 + row * 18, 2 + col * 18: 18 + col * 18]
         assert np.array_equal(tile, data.x_test[i].permute(1, 2, 0).numpy())
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGBA"))
+
+
+def test_a_reused_figure_draws_the_same_pixels_as_a_new_one(tmp_path):
+    """Pictures of one kind reuse a figure (plots._reused); nothing of the previous picture may show: the
+    second of two pictures drawn in a row equals the same picture drawn on a new figure, pixel for pixel."""
+    rng = np.random.default_rng(0)
+    grid = plots.decision_grid([np.array([[-1.0, -1.0], [1.0, 1.0]])], 40)
+    gx, gy = grid
+    first = (np.hypot(gx, gy) * 3).astype(int).ravel() % 5  # rings of 5 classes
+    second = (gx > gy).astype(int).ravel()  # two half-planes
+    x1, y1 = rng.uniform(-1, 1, (60, 2)), rng.integers(0, 5, 60)
+    x2, y2 = rng.uniform(-0.5, 0.5, (30, 2)), rng.integers(0, 2, 30)
+    names = ["a", "b", "c", "d", "e"]
+    long = {f"fold {k}": {"train_loss": list(np.geomspace(2, 0.01, 300)), "val_loss": list(np.geomspace(3, 0.1, 300))}
+            for k in range(1, 6)}
+    short = {"fold 2": {"train_loss": [1.0, 0.8, 0.7, 0.65], "val_loss": [1.1, 0.9, 0.95, 0.9]}}
+    kinds = {
+        "decision_boundary": (
+            lambda p: plots.plot_decision_boundary(p, first, grid, x1, y1, names, "first", marked=y1 == 3),
+            lambda p: plots.plot_decision_boundary(p, second, grid, x2, y2, names[:2], "second")),
+        "loss_curves": (lambda p: plots.plot_loss_curves(p, long, {k: 200 for k in long}),
+                        lambda p: plots.plot_loss_curves(p, short, {"fold 2": 2})),
+        "data": (lambda p: plots.plot_data(p, x1, y1, x1[:20], y1[:20], names),
+                 lambda p: plots.plot_data(p, x2, y2, x2[:5], y2[:5], names[:2])),
+        "confusion_matrix": (lambda p: plots.plot_confusion_matrix(p, y1, y1[::-1], names, "first"),
+                             lambda p: plots.plot_confusion_matrix(p, y1, y1, list("vwxyz"), "second")),
+        "per_class_accuracy": (
+            lambda p: plots.plot_per_class_accuracy(p, np.array([0.1, 0.5, np.nan, 1, 0.9]), names, "first"),
+            lambda p: plots.plot_per_class_accuracy(p, np.array([0.9, 0.2, 0.3, 0.4, 0.5]), list("vwxyz"), "2nd")),
+    }
+    for kind, (draw_first, draw_second) in kinds.items():
+        plots._figures.__dict__.pop("figures", None)  # new figures from here on
+        draw_first(tmp_path / f"{kind}_first.png")
+        draw_second(tmp_path / f"{kind}_reused.png")
+        plots._figures.__dict__.pop("figures", None)
+        draw_second(tmp_path / f"{kind}_new.png")
+        reused, new, other = (pixels(tmp_path / f"{kind}_{n}.png") for n in ("reused", "new", "first"))
+        assert reused.shape == new.shape
+        assert np.array_equal(reused, new), f"{kind}: {np.count_nonzero((reused != new).any(axis=2))} pixels differ"
+        assert not np.array_equal(reused, other)  # the pictures differ, so the comparison can fail

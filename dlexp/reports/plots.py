@@ -1,15 +1,19 @@
 """Pictures of a run: data scatter, loss curves, decision boundaries, confusion matrix, per-class accuracy
 and image grids. Each function writes one PNG.
 
-Matplotlib runs headless (Agg) and every figure is closed after saving, so sweeps don't leak memory. Every
-PNG is written under a temporary name and renamed into place, so a run stopped mid-picture never leaves a
-half-written file. Only the image grid imports torch (when called): dlexp.tracking.background renders these in a
-helper process that should start fast, so arrays come in as numpy.
+Matplotlib runs headless (Agg). The pictures a job draws many of (decision boundaries, loss curves, the data)
+reuse one figure per kind and thread (:func:`_reused`): only their data artists are removed and redrawn, so
+the axes, ticks, fonts and the Agg renderer are built once per process (benchmarks/README.md, issue 24
+part 4); every other figure is closed after saving, so sweeps don't leak memory. Every PNG is written under
+a temporary name and renamed into place, so a run stopped mid-picture never leaves a half-written file.
+Only the image grid imports torch (when called): dlexp.tracking.background renders these in a helper
+process that should start fast, so arrays come in as numpy.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,23 +25,64 @@ if not in_notebook():  # a notebook's inline backend draws with Agg too; replaci
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 CMAP = "tab10"
 #: Fixed margins for the per-run plots, whose labels are known in advance. A layout engine
 #: (constrained or tight) draws each figure twice to measure it: 70-80 ms a PNG instead of 55 ms.
 MARGINS = {"left": 0.09, "right": 0.98, "bottom": 0.09, "top": 0.93}
+#: zlib level of the PNGs: 1 instead of Pillow's 6 costs ~15-40% larger files (plots compress well either way)
+#: and saves most of the encoding time (measured in benchmarks/pictures_spiral.py).
+PNG = {"compress_level": 1}
+
+_figures = threading.local()  # (kind, figure size) -> (Figure, axes), one set per thread that draws
+
+
+def _reused(kind: str, figsize: tuple[float, float], ncols: int = 1, margins: bool = True,
+            **subplots) -> tuple[Figure, np.ndarray]:
+    """This thread's figure for ``kind``, emptied of the previous picture's data artists (lines, collections,
+    images, texts, patches, legend, titles) with its data limits and autoscaling reset, so a picture drawn
+    on it is the same as one drawn on a new figure (tests/test_pictures.py checks the pixels).
+
+    The figure is a plain ``Figure`` on its own Agg canvas (not pyplot's): the canvas keeps its renderer
+    between saves and nothing global holds it. Made with fixed ``MARGINS`` on first use (with matplotlib's
+    default margins if not ``margins``)."""
+    cache = _figures.__dict__.setdefault("figures", {})
+    key = (kind, figsize, ncols, tuple(sorted(subplots.items())))
+    if key not in cache:
+        fig = Figure(figsize=figsize)
+        FigureCanvasAgg(fig)
+        axes = np.atleast_1d(fig.subplots(1, ncols, squeeze=False, **subplots)[0])
+        if margins:
+            fig.subplots_adjust(**MARGINS)
+        fig.dlexp_reused = True
+        cache[key] = (fig, axes)
+    fig, axes = cache[key]
+    for ax in axes:
+        for artist in [*ax.collections, *ax.lines, *ax.images, *ax.texts, *ax.patches]:
+            artist.remove()
+        if ax.legend_ is not None:
+            ax.legend_.remove()
+        for loc in ("left", "center", "right"):
+            ax.set_title("", loc=loc)
+        ax.relim()
+        ax.set_autoscale_on(True)
+    return fig, axes
 
 
 def _save(fig, path: Path) -> Path:
-    """Write ``fig`` to ``path`` atomically (a temporary file renamed into place) and close it."""
+    """Write ``fig`` to ``path`` atomically (a temporary file renamed into place); close it unless it is
+    a reused figure (:func:`_reused`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
     try:
-        fig.savefig(partial, dpi=100)
+        fig.savefig(partial, dpi=100, pil_kwargs=PNG)
         os.replace(partial, path)
     finally:
-        plt.close(fig)
+        if not getattr(fig, "dlexp_reused", False):
+            plt.close(fig)
         partial.unlink(missing_ok=True)
     return path
 
@@ -57,8 +102,8 @@ def _legend(ax, class_names: Sequence[str]) -> None:
 
 def plot_data(path: Path, x_train, y_train, x_test, y_test, class_names: Sequence[str]) -> Path:
     """Train and test points side by side, coloured by class (first two features)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5), sharex=True, sharey=True)
-    fig.subplots_adjust(**MARGINS, wspace=0.08)
+    fig, axes = _reused("data", (10, 5), ncols=2, sharex=True, sharey=True)
+    fig.subplots_adjust(wspace=0.08)
     for ax, x, y, title in ((axes[0], x_train, y_train, "train"), (axes[1], x_test, y_test, "test")):
         _scatter(ax, np.asarray(x), np.asarray(y), len(class_names))
         ax.set_title(f"{title} ({len(y)} points)")
@@ -69,8 +114,7 @@ def plot_data(path: Path, x_train, y_train, x_test, y_test, class_names: Sequenc
 def plot_loss_curves(path: Path, histories: dict[str, dict[str, list[float]]],
                      best_epochs: dict[str, int] | None = None) -> Path:
     """Training (dashed) and validation (solid) loss per epoch for each named history."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    fig.subplots_adjust(**MARGINS)
+    fig, (ax,) = _reused("loss_curves", (8, 5))
     colours = plt.get_cmap(CMAP)
     for i, (name, history) in enumerate(histories.items()):
         epochs = np.arange(1, len(history["val_loss"]) + 1)
@@ -118,9 +162,14 @@ def plot_decision_boundary(
     ``(x, y)``; ``marked`` points get an X."""
     gx, gy = grid
     regions = np.asarray(regions).reshape(gx.shape)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    fig.subplots_adjust(**MARGINS)
-    ax.contourf(gx, gy, regions, levels=np.arange(-0.5, 10.5), cmap=CMAP, vmin=-0.5, vmax=9.5, alpha=0.35)
+    fig, (ax,) = _reused("decision_boundary", (6, 6))
+    # The class grid as an image, one cell per grid point (centred on it): the regions contourf drew, at
+    # the grid's own resolution, for less (contourf traces every region's outline). Nearest-neighbour
+    # resampling of the class numbers (stage "data"), coloured after: 9 ms a picture here against 21 ms for
+    # resampling the coloured RGBA image (matplotlib's default stage), the same pixels for a class grid.
+    dx, dy = (gx[0, -1] - gx[0, 0]) / (gx.shape[1] - 1) / 2, (gy[-1, 0] - gy[0, 0]) / (gy.shape[0] - 1) / 2
+    ax.imshow(regions, origin="lower", extent=(gx[0, 0] - dx, gx[0, -1] + dx, gy[0, 0] - dy, gy[-1, 0] + dy),
+              cmap=CMAP, vmin=-0.5, vmax=9.5, alpha=0.35, interpolation="nearest", interpolation_stage="data")
     _scatter(ax, x, y, len(class_names))
     if marked is not None and marked.any():
         ax.scatter(x[marked, 0], x[marked, 1], marker="x", c="k", s=40, linewidths=1.2,
@@ -138,7 +187,7 @@ def plot_confusion_matrix(path: Path, y_true, y_pred, class_names: Sequence[str]
 
     n = len(class_names)
     matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), labels=np.arange(n))
-    fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.2 * n + 2))
+    fig, (ax,) = _reused("confusion_matrix", (1.2 * n + 3, 1.2 * n + 2), margins=False)
     ax.imshow(matrix, cmap="Blues")
     for i in range(n):
         for j in range(n):
@@ -162,7 +211,7 @@ def per_class_accuracy(y_true, y_pred, n_classes: int) -> np.ndarray:
 def plot_per_class_accuracy(path: Path, accuracies: np.ndarray, class_names: Sequence[str],
                             title: str) -> Path:
     """One bar per class: the share of its test samples predicted right."""
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(class_names)), 4))
+    fig, (ax,) = _reused("per_class_accuracy", (max(5, 1.2 * len(class_names)), 4), margins=False)
     colours = plt.get_cmap(CMAP)
     ax.bar(range(len(class_names)), np.nan_to_num(accuracies), color=[colours(i % 10) for i in
                                                                       range(len(class_names))])
