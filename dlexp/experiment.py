@@ -10,7 +10,6 @@ dlexp.tracking.background.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -33,9 +32,11 @@ from dlexp.reports.summary import accuracy, class_probabilities, summarise, summ
 from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
+from dlexp.tracking.resume import job_checkpoints, logged_folds, resumed_tags
 from dlexp.tracking.store import flatten, git_commit, job_tags, mlflow_run, setup_experiment
 from dlexp.training import progress
 from dlexp.training.batched import batching_obstacle, train_folds_batched
+from dlexp.training.checkpoint import Checkpoints, parse_every, replay_finished, stop_at_epoch_end
 from dlexp.training.devices import resolve_device
 from dlexp.training.loop import NO_HOOKS, FoldResult, HookList, TrainingHooks, train_fold
 
@@ -89,8 +90,8 @@ def choose_strategy(requested: str, objects: FoldObjects, data) -> str:
 
 
 def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Tensor, y: torch.Tensor,
-                device: torch.device, strategy: str,
-                hooks: TrainingHooks = NO_HOOKS) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
+                device: torch.device, strategy: str, hooks: TrainingHooks = NO_HOOKS,
+                checkpoints: Checkpoints | None = None) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
     """Train every fold with ``trainer.strategy``; yields each fold's result and its model (best weights).
 
     Sequential training yields each fold as it finishes; batched training yields them all at the end.
@@ -98,6 +99,9 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
     (seed, fold), see dlexp.data.splits.fold_seed), and both tell ``hooks`` of every epoch and fold as training goes.
     ``trainer.patience=null`` is no early stopping: a fold's first epoch always sets a best, so it can never
     go ``max_epochs`` epochs without improving.
+    With ``checkpoints`` (dlexp.training.checkpoint), folds that finished in an earlier attempt are not
+    trained again (the hooks hear of them as if they were), an interrupted one continues from its checkpoint,
+    and every fold is checkpointed as it trains.
     """
     from dlexp.data.splits import fold_seed
 
@@ -111,29 +115,48 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
     def objects_of(fold: int) -> FoldObjects:
         return build_fold_objects(cfg, data, device, seed=fold_seed(trainer.seed, fold, "weights"))
 
+    done = {fold: result for fold in range(1, len(folds) + 1)
+            if checkpoints is not None and (result := checkpoints.finished(fold)) is not None}
+    if done:
+        log.info("folds %s finished in an earlier attempt: not trained again", ", ".join(map(str, sorted(done))))
     first = objects_of(1)
     log.info("training %d folds %s", len(folds), "at once" if strategy == "batched" else "one by one")
     if strategy == "batched":
         objects = [first] + [objects_of(fold) for fold in range(2, len(folds) + 1)]
         models = [o.model for o in objects]
-        results = train_folds_batched(
-            models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
-            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
-            generators=generators, min_delta=trainer.min_delta, hooks=hooks,
-        )
+        if len(done) == len(folds):
+            results = [replay_finished(done[fold], models[fold - 1], hooks) for fold in sorted(done)]
+        else:
+            results = train_folds_batched(
+                models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
+                batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
+                generators=generators, min_delta=trainer.min_delta, hooks=hooks,
+                checkpoint=checkpoints.epochs("batched") if checkpoints is not None else None,
+            )
+            if checkpoints is not None:
+                for result in results:
+                    if result.diverged is None:
+                        checkpoints.finish(result)
+                checkpoints.remove("batched")
         yield from ((r, m) for r, m in zip(results, models, strict=True) if r.diverged is None)
         if diverged := next((r.diverged for r in results if r.diverged is not None), None):
             raise diverged  # after the finished folds are logged, like one-by-one training
         return
     for fold, (train_idx, val_idx) in enumerate(fold_indices, start=1):
         objects = first if fold == 1 else objects_of(fold)
+        if fold in done:
+            yield replay_finished(done[fold], objects.model, hooks), objects.model
+            continue
         result = train_fold(
             fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x, y,
             train_idx, val_idx,
             batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
             generator=generators[fold - 1], min_delta=trainer.min_delta,
             train_transform=data.train_transform, eval_transform=data.eval_transform, hooks=hooks,
+            checkpoint=checkpoints.epochs(f"fold_{fold}") if checkpoints is not None else None,
         )
+        if checkpoints is not None:
+            checkpoints.finish(result)
         yield result, objects.model
 
 
@@ -145,6 +168,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     ``hooks`` hear of every epoch and fold (a search's trial reports to its pruner through them).
     """
     validate_config(cfg)
+    checkpoint_every = parse_every(cfg.trainer.get("checkpoint_every"))
     progress.configure(trainer_progress(cfg))
     start_helper()  # the picture process starts while the data loads
     output_dir = Path(output_dir)
@@ -164,7 +188,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     probe = build_fold_objects(cfg, data, device, seed=trainer.seed)
     model_stats = summarize_model(probe.model, data.input_shape)
     strategy = choose_strategy(trainer.strategy, probe, data)
-    setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
+    experiment_id = setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name, **job_tags(cfg), **(extra_tags or {})}
     if (split_note := data.split_note()) is not None:
@@ -173,7 +197,11 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         tags["mlflow.source.git.commit"] = commit
     plot_dir = output_dir / "plots"
     run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
-    with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt") as run, Writer() as writer:
+    # An interrupted run of this job continues (dlexp.tracking.resume): its checkpoints move to output_dir.
+    checkpoints, resumed = job_checkpoints(cfg, experiment_id, output_dir, tags.get("mlflow.parentRunId"),
+                                           checkpoint_every)
+    with (checkpoints, mlflow_run(run_name, tags=resumed_tags(tags, resumed), failure_file=output_dir / "FAILED.txt",
+                                  run_id=resumed and resumed.info.run_id) as run, Writer() as writer):
         client, run_id = HelperClient(writer, mlflow.get_tracking_uri()), run.info.run_id
         mlflow.log_params(flatten(cfg))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -190,20 +218,20 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
             test_accuracy=lambda model: accuracy(class_probabilities(model, x_test, eval_transform), y_test),
             pictures=lambda result, model: fold_pictures(writer, result, model, fold_dir(output_dir, result.fold),
                                                          data, grid, device),
-            writer=writer)
+            writer=writer, logged=resumed and logged_folds(mlflow.MlflowClient(), experiment_id, run_id))
         shown = progress.training_progress(len(folds), trainer.max_epochs, batched=strategy == "batched")
-        started = time.perf_counter()
+        checkpoints.start_clock()
         results: list[FoldResult] = []
         models: list[torch.nn.Module] = []
-        with fold_runs, closing(shown):
+        with fold_runs, closing(shown), stop_at_epoch_end(checkpoints):
             for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy,
-                                             hooks=HookList([fold_runs, shown, hooks])):
+                                             hooks=HookList([fold_runs, shown, hooks]), checkpoints=checkpoints):
                 log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
                          result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
                          100 * result.best_val_acc, 100 * result.test_acc)
                 results.append(result)
                 models.append(model)
-        seconds = time.perf_counter() - started
+        seconds = checkpoints.elapsed()  # earlier attempts' training included
 
         ensemble = torch.stack([class_probabilities(m, x_test, eval_transform) for m in models]).mean(dim=0)
         summary = summarise(results, accuracy(ensemble, y_test), seconds)

@@ -186,6 +186,7 @@ def config_hash(cfg: DictConfig) -> str:
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("tracking", None)
+    resolved.get("trainer", {}).pop("checkpoint_every", None)  # how often it is saved is not what it trains
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -294,14 +295,14 @@ def one_line(error: BaseException) -> str:
 
 @contextmanager
 def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | None = None,
-               failure_file: Path | None = None) -> Iterator:
+               failure_file: Path | None = None, run_id: str | None = None) -> Iterator:
     """Start a run and always end it: FINISHED, FAILED (error tagged) or KILLED (interrupted).
 
     Ending the run on every path is what lets the next job of a sweep start cleanly. ``failure_file``
     (in the job's run folder) gets the status and the error when the run does not finish, so the folder
-    says so too.
+    says so too. ``run_id`` continues that run (an interrupted job resumed, dlexp.tracking.resume).
     """
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags or {}))
+    run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=dict(tags or {}))
     try:
         yield run
     except BaseException as error:
