@@ -414,7 +414,9 @@ def train_folds_batched(
         stacked.bind(weights)
         for i, (result, stopper) in enumerate(zip(results, stoppers, strict=True)):
             saved_result = result_from_state(saved["results"][i])
-            for name in ("history", "best_epoch", "best_val_loss", "best_val_acc", "epochs_run", "diverged"):
+            for key, values in saved_result.history.items():
+                result.history[key][:] = values
+            for name in ("best_epoch", "best_val_loss", "best_val_acc", "epochs_run", "diverged"):
                 setattr(result, name, getattr(saved_result, name))
             vars(stopper).update(saved["stoppers"][i])
             # a diverged fold's last epoch never reached the hooks

@@ -256,7 +256,9 @@ def restore_fold_state(state: dict, model: torch.nn.Module, optimizer: torch.opt
     generator.set_state(state["generator"])
     torch.set_rng_state(state["rng"])
     saved = result_from_state(state["result"])
-    for name in ("history", "best_epoch", "best_val_loss", "best_val_acc", "epochs_run", "state_dict"):
+    for key, values in saved.history.items():  # in place: the training loop appends to these lists
+        result.history[key][:] = values
+    for name in ("best_epoch", "best_val_loss", "best_val_acc", "epochs_run", "state_dict"):
         setattr(result, name, getattr(saved, name))
     replay_epochs(result, hooks)
     return int(state["epoch"])
