@@ -10,6 +10,7 @@ dlexp.tracking.background.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.config.build import build, build_partial
@@ -29,10 +31,11 @@ from dlexp.inspect import log_model_summary, summarize_model
 from dlexp.reports import plots
 from dlexp.reports.run_files import classification_pictures, data_picture, run_pictures, write_run_files
 from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
+from dlexp.tracking import offline
 from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
-from dlexp.tracking.resume import job_checkpoints, logged_folds, resumed_tags
+from dlexp.tracking.resume import job_checkpoints, logged_folds, params_to_log, resumed_tags
 from dlexp.tracking.store import flatten, git_commit, job_tags, mlflow_run, setup_experiment
 from dlexp.training import progress
 from dlexp.training.batched import batching_obstacle, train_folds_batched
@@ -169,6 +172,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     """
     validate_config(cfg)
     checkpoint_every = parse_every(cfg.trainer.get("checkpoint_every"))
+    offline.prepare(cfg.tracking)  # bounded store calls, before the helper process starts
     progress.configure(trainer_progress(cfg))
     start_helper()  # the picture process starts while the data loads
     output_dir = Path(output_dir)
@@ -200,10 +204,12 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     # An interrupted run of this job continues (dlexp.tracking.resume): its checkpoints move to output_dir.
     checkpoints, resumed = job_checkpoints(cfg, experiment_id, output_dir, tags.get("mlflow.parentRunId"),
                                            checkpoint_every)
+    journal = offline.journal_for(output_dir, str(cfg.tracking.uri))  # a server's writes it did not take
     with (checkpoints, mlflow_run(run_name, tags=resumed_tags(tags, resumed), failure_file=output_dir / "FAILED.txt",
-                                  run_id=resumed and resumed.info.run_id) as run, Writer() as writer):
+                                  run_id=resumed and resumed.info.run_id, journal=journal) as run, Writer() as writer):
+        writer.journal = journal
         client, run_id = HelperClient(writer, mlflow.get_tracking_uri()), run.info.run_id
-        mlflow.log_params(flatten(cfg))
+        mlflow.log_params(params_to_log(flatten(cfg), resumed))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
         log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
@@ -236,7 +242,8 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         ensemble = torch.stack([class_probabilities(m, x_test, eval_transform) for m in models]).mean(dim=0)
         summary = summarise(results, accuracy(ensemble, y_test), seconds)
         best_model = models[summary["best_fold"] - 1]
-        mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
+        client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                          for k, v in summary.items() if not isinstance(v, dict)])
         predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
         # The helper process draws the run's pictures while this one draws the classification ones.
         for picture in [*run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid),
@@ -244,8 +251,10 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
             writer.log_artifact(client, run_id, picture, "plots")
         writer.drain()  # every picture is in the store before the model and summary are written
         for path in write_run_files(output_dir, summary, best_model, data):
-            mlflow.log_artifact(str(path))
+            client.log_artifact(run_id, str(path))
     log.info("\n%s", summary_text(summary, data))
+    if journal is not None and journal.offline:
+        raise DlexpError(journal.message(output_dir))
     return summary
 
 

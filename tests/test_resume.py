@@ -118,9 +118,10 @@ def test_a_job_killed_in_its_third_fold_resumes_to_the_numbers_of_an_uninterrupt
         assert sorted(p.name for p in checkpoint.parent.glob("*.done.pt")) == ["fold_1.done.pt", "fold_2.done.pt"]
 
     second = run(*job, *store(b), f"hydra.run.dir={b}/run2")  # the same command again, a new Hydra folder
-    assert f"continuing after epoch {killed_at}" in second.stderr
+    output = second.stdout + second.stderr
+    assert f"continuing after epoch {killed_at}" in output
     if strategy == "sequential":
-        assert "folds 1, 2 finished in an earlier attempt: not trained again" in second.stderr
+        assert "folds 1, 2 finished in an earlier attempt: not trained again" in output
     _, jobs_after, folds_after = runs_by_kind(client, "resume")
     assert [r.info.run_id for r in jobs_after] == [jobs[0].info.run_id]  # its own MLflow run continued
     job_b = jobs_after[0]
@@ -149,8 +150,8 @@ def test_a_two_job_sweep_killed_in_its_second_jobs_third_fold_resumes_to_an_unin
     assert sorted(r.info.status for r in jobs_before) == ["FINISHED", "RUNNING"]
 
     second = run(*sweep, *store(b), f"hydra.sweep.dir={b}/sweep2")  # a rerun gets a new sweep folder
-    assert "job #0 skipped" in second.stderr
-    assert "continuing after epoch" in second.stderr
+    assert "job #0 skipped" in second.stdout + second.stderr
+    assert "continuing after epoch" in second.stdout + second.stderr
     sweeps, jobs, folds = runs_by_kind(client, "resume")
     assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
     assert {r.info.run_id for r in jobs} == {r.info.run_id for r in jobs_before}  # no new job runs

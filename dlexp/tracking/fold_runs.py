@@ -167,6 +167,13 @@ class FoldRuns(TrainingHooks):
             pass
         finally:
             self.writer.abort()
+        journal = self.writer.journal
+        if journal is not None and journal.offline:  # the server is away: the folds' ends wait for the sync
+            for fold in self.running:
+                if fold in self.run_ids:
+                    journal.record("set_tag", self.run_ids[fold], "dlexp.error", one_line(error))
+                    journal.record("set_terminated", self.run_ids[fold], RunStatus.to_string(status))
+            return
         client = MlflowClient()  # here: the helper process may be gone (SIGTERM to the process group)
         # The store, not run_ids: the helper may have created a fold run as it was stopped, before its id came back.
         for run in client.search_runs([self.experiment_id], filter_string=(

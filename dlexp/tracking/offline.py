@@ -195,3 +195,25 @@ def pending_in(folder: Path) -> Path | None:
     """The run folder's journal of writes not yet sent, if it has one."""
     path = Path(folder) / PENDING_FILE
     return path if path.is_file() else None
+
+
+def end_run(journal: Journal, run_id: str, status: str) -> None:
+    """End MLflow's active run ``run_id`` with ``status`` on the server, or in the journal once offline (the
+    active run is then left with one quick try that changes nothing the store says)."""
+    import mlflow
+
+    journal.call("set_terminated", run_id, status)
+    if not journal.offline:
+        mlflow.end_run(status)
+        return
+    with one_quick_try():
+        try:
+            mlflow.end_run("RUNNING")  # ends the active run here; the store keeps saying RUNNING
+        except Exception as error:  # noqa: BLE001 (the server is away: that is known and reported)
+            log.debug("ending the run offline: %s", error)
+
+
+def prepare(tracking) -> None:
+    """Bound every store call when ``tracking.uri`` is a server (``tracking.timeout`` seconds, retries in)."""
+    if is_server(str(tracking.uri)):
+        bound_store_calls(float(tracking.get("timeout") or DEFAULT_TIMEOUT))

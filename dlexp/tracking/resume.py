@@ -132,3 +132,11 @@ def resumed_tags(tags: dict[str, str], resumed) -> dict[str, str]:
     if resumed is None:
         return tags
     return {**tags, RESUMED_TAG: str(int(resumed.data.tags.get(RESUMED_TAG, "0")) + 1)}
+
+
+def params_to_log(params: dict[str, str], resumed) -> dict[str, str]:
+    """The params a run still lacks: a continued run keeps the ones it has (MLflow cannot change a param; the
+    keys that may differ between attempts, such as ``trainer.checkpoint_every``, do not change what it trains)."""
+    if resumed is None:
+        return params
+    return {key: value for key, value in params.items() if key not in resumed.data.params}
