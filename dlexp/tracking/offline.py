@@ -217,3 +217,17 @@ def prepare(tracking) -> None:
     """Bound every store call when ``tracking.uri`` is a server (``tracking.timeout`` seconds, retries in)."""
     if is_server(str(tracking.uri)):
         bound_store_calls(float(tracking.get("timeout") or DEFAULT_TIMEOUT))
+
+
+def log_metrics(journal: Journal | None, metrics: dict[str, float]) -> None:
+    """``mlflow.log_metrics(metrics)`` on the active run; with a ``journal``, recorded there once offline."""
+    import mlflow
+
+    if journal is None:
+        mlflow.log_metrics(metrics)
+        return
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    journal.call("log_batch", mlflow.active_run().info.run_id,
+                 metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
