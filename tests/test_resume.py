@@ -18,7 +18,9 @@ from mlflow.tracking import MlflowClient
 from sweep_support import ROOT, dlexp_env, runs_by_kind
 
 from dlexp.errors import DlexpError
-from dlexp.training.checkpoint import Checkpoints, Every, parse_every
+from dlexp.interrupts import Interrupted
+from dlexp.training.checkpoint import Checkpoints, Every, parse_every, stop_at_epoch_end
+from dlexp.training.loop import NO_HOOKS, TrainingHooks
 
 #: 3 folds long enough to be killed in the 3rd; every epoch checkpointed so the kill lands after one.
 JOB = ["+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=12", "trainer.patience=4",
@@ -201,3 +203,49 @@ def test_checkpoint_every_leaves_the_config_hash_alone():
 
     assert (config_hash(compose_config(["trainer.checkpoint_every=1"]))
             == config_hash(compose_config(["trainer.checkpoint_every=5m"])))
+
+
+class SignalAt(TrainingHooks):
+    """Sends this process ``signum`` as fold ``fold`` ends epoch ``epoch`` (a `kill` or Ctrl-C mid-fold)."""
+
+    def __init__(self, fold: int, epoch: int, signum: int) -> None:
+        self.at, self.signum = (fold, epoch), signum
+
+    def epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        if (fold, epoch) == self.at:
+            os.kill(os.getpid(), self.signum)
+
+
+def train_in_process(cfg, checkpoints=None, hooks=NO_HOOKS) -> list:
+    """(result, best weights) of every fold, as ``run_experiment`` trains them."""
+    from dlexp.config.build import build
+    from dlexp.data.splits import kfold_indices
+    from dlexp.experiment import configure_torch, train_folds
+
+    device = configure_torch(cfg.trainer)
+    data = build("dataset", cfg.dataset)
+    folds = kfold_indices(data.y_train.numpy(), cfg.trainer.folds, cfg.trainer.seed, cfg.trainer.stratify, None)
+    with stop_at_epoch_end(checkpoints):
+        return [(result, {k: v.clone() for k, v in model.state_dict().items()}) for result, model in
+                train_folds(cfg, data, folds, data.x_train, data.y_train, device, cfg.trainer.strategy, hooks=hooks,
+                            checkpoints=checkpoints)]
+
+
+@pytest.mark.parametrize(("strategy", "signum"), [("sequential", signal.SIGTERM), ("batched", signal.SIGINT)])
+def test_a_signal_saves_a_checkpoint_at_the_epochs_end_and_the_rerun_ends_bit_identical(tmp_path, strategy, signum):
+    cfg = compose_config(["+experiment=spiral", "trainer.folds=2", "trainer.max_epochs=6", "trainer.patience=3",
+                          f"trainer.strategy={strategy}", "model.dropout=0.2", "trainer.checkpoint_every=1000"])
+    uninterrupted = train_in_process(cfg)
+    identity = {"config_hash": "c", "code_hash": "k"}
+    with pytest.raises(Interrupted, match=f"stopped by {signal.Signals(signum).name}"):
+        train_in_process(cfg, Checkpoints(tmp_path, identity, Every(epochs=1000)), SignalAt(2, 3, signum))
+    name = "fold_2.pt" if strategy == "sequential" else "batched.pt"
+    assert epoch_of(tmp_path / name) == 3  # not due (every 1000 epochs): saved because of the signal
+    assert (tmp_path / "fold_1.done.pt").exists() == (strategy == "sequential")
+
+    resumed = train_in_process(cfg, Checkpoints(tmp_path, identity, Every(epochs=1000)))
+    for (a, weights_a), (b, weights_b) in zip(uninterrupted, resumed, strict=True):
+        assert (a.fold, a.epochs_run, a.best_epoch, a.best_val_loss, a.best_val_acc, a.history) == (
+            b.fold, b.epochs_run, b.best_epoch, b.best_val_loss, b.best_val_acc, b.history)
+        assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["fold_1.done.pt", "fold_2.done.pt"]
