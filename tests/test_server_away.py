@@ -69,13 +69,15 @@ def test_a_server_killed_mid_run_loses_nothing_and_the_sync_completes_the_run(tm
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2 and failed.stderr.startswith("error: tracking.uri=http"), failed.stderr
 
-    with mlflow_server(tmp_path, backend, port=port):  # the server is back
+    with mlflow_server(tmp_path, backend, port=port) as url:  # the server is back
         sync = subprocess.run([sys.executable, "-m", "dlexp.sync", str(folder)], cwd=ROOT, env=dlexp_env(),
                               capture_output=True, text=True, timeout=300)
         assert sync.returncode == 0, sync.stderr[-3000:]
         again = subprocess.run([sys.executable, "-m", "dlexp.sync", str(folder)], cwd=ROOT, env=dlexp_env(),
                                capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and "nothing to send" in again.stdout
+        artifacts = {a.path for a in MlflowClient(url).list_artifacts(jobs[0].info.run_id)}
+        assert {"model.pt", "summary.json", "plots"} <= artifacts
     job = store.get_run(jobs[0].info.run_id)
     assert job.info.status == "FINISHED"
     reference_job = next(r for r in store.search_runs([store.get_experiment_by_name("reference").experiment_id])
@@ -87,8 +89,6 @@ def test_a_server_killed_mid_run_loses_nothing_and_the_sync_completes_the_run(tm
     folds = store.search_runs([experiment.experiment_id],
                               filter_string=f"tags.`mlflow.parentRunId` = '{job.info.run_id}'")
     assert {r.info.status for r in folds} == {"FINISHED"}
-    artifacts = {a.path for a in store.list_artifacts(job.info.run_id)}
-    assert {"model.pt", "summary.json", "plots"} <= artifacts
 
 
 @pytest.mark.full
