@@ -3,6 +3,7 @@ line, and ``python -m dlexp.sync`` completing the MLflow run once the server is 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -103,3 +104,39 @@ def test_a_server_down_at_start_is_one_line_and_no_training(tmp_path):
         [result.stderr.strip().splitlines()[-1]]
     assert "training 3 folds" not in result.stdout + result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_replaying_a_journal_creates_its_runs_once_and_sends_no_value_twice(tmp_path, store):
+    """The sync's replay (what ``python -m dlexp.sync`` does once the server answers) on a local store."""
+    from mlflow.entities import Metric, Param
+
+    from dlexp.tracking.offline import Journal, decode
+    from dlexp.tracking.sync import Replayer, substitute
+
+    client = store["client"]
+    experiment_id = client.create_experiment("replay")
+    job = client.create_run(experiment_id).info.run_id
+    client.log_batch(job, metrics=[Metric("val_loss", 0.5, 1, 1)], params=[Param("lr", "0.01")])
+    journal = Journal(tmp_path, "http://example.invalid")
+    fold = journal.record("create_run", experiment_id, tags={"dlexp.fold": "1"})
+    journal.record("log_batch", job, metrics=[Metric("val_loss", 0.5, 2, 1), Metric("val_loss", 0.4, 2, 2)],
+                   params=[Param("lr", "0.01")])  # epoch 1 reached the store before it stopped answering
+    journal.record("log_batch", fold, metrics=[Metric("val_loss", 0.3, 3, 1)])
+    journal.record("set_terminated", fold, "FINISHED")
+    journal.record("set_terminated", job, "FINISHED")
+    lines = [json.loads(line) for line in journal.path.read_text().splitlines()]
+    assert lines[0] == {"tracking_uri": "http://example.invalid"} and len(lines) == 6 and journal.count == 5
+
+    ids: dict[str, str] = {}
+    replayer = Replayer(client)
+    for record in lines[1:]:
+        result = replayer.call(record["method"], substitute(decode(record["args"]), ids),
+                               substitute(decode(record["kwargs"]), ids))
+        if record["method"] == "create_run":
+            ids[record["placeholder"]] = result.info.run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(job, "val_loss")] == [(1, 0.5), (2, 0.4)]
+    fold_run = client.get_run(ids[fold])
+    assert fold_run.info.status == "FINISHED" and fold_run.data.tags["dlexp.fold"] == "1"
+    assert [(m.step, m.value) for m in client.get_metric_history(ids[fold], "val_loss")] == [(1, 0.3)]
+    assert client.get_run(job).info.status == "FINISHED"
+    assert len(client.search_runs([experiment_id])) == 2
