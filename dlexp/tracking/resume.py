@@ -26,6 +26,7 @@ PARENT_TAG = "mlflow.parentRunId"
 OUTPUT_DIR_TAG = "dlexp.output_dir"
 FOLD_TAG = "dlexp.fold"
 RESUMED_TAG = "dlexp.resumed"  # how many times the run was continued
+ERROR_TAG = "dlexp.error"  # why an attempt ended: cleared when the run is continued
 MOVED_FOLDERS = (CHECKPOINT_DIR, "folds")  # what a continued run takes from its earlier folder
 HISTORY_KEYS = ("train_loss", "val_loss", "val_acc", "lr")
 
@@ -99,6 +100,8 @@ def logged_folds(client, experiment_id: str, job_run_id: str) -> dict[int, Logge
         if FOLD_TAG not in run.data.tags:
             continue
         finished = run.info.status == "FINISHED"
+        if not finished and ERROR_TAG in run.data.tags:  # this fold continues: its interruption is over
+            client.delete_tag(run.info.run_id, ERROR_TAG)
         last_step = {} if finished else {
             key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=0)
             for key in HISTORY_KEYS}
@@ -122,6 +125,10 @@ def job_checkpoints(cfg, experiment_id: str, output_dir: Path, parent_run_id: st
         if run is not None and take_over(run, Path(output_dir), checkpoints):
             log.info("continuing the interrupted run %s (%s) from its checkpoints", run.info.run_id,
                      run.info.run_name)
+            # The interruption is over: the run says so no more (it ends as this attempt does).
+            (Path(output_dir) / "FAILED.txt").unlink(missing_ok=True)
+            if ERROR_TAG in run.data.tags:
+                MlflowClient().delete_tag(run.info.run_id, ERROR_TAG)
             return checkpoints, run
     checkpoints.lock()
     return checkpoints, None
