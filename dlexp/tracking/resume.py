@@ -1,9 +1,10 @@
 """Which interrupted run a job continues, and what of it the store already holds.
 
 A job (single run or a sweep's job) that starts with ``tracking.resume=true`` looks in its experiment for the
-latest run that did not finish with the same config hash and the same parent (no parent for a single run;
-the sweep's run for a sweep's job, which a rerun of the same sweep command reuses) whose run folder (its
-``dlexp.output_dir`` tag) still has ``checkpoints/``. It continues that MLflow run: the run's checkpoints and
+latest run with the same config hash and the same parent (no parent for a single run; the sweep's run for a
+sweep's job, which a rerun of the same sweep command reuses). If that run was interrupted (KILLED, or RUNNING
+with no process behind it; not FAILED, not FINISHED) and its run folder (its ``dlexp.output_dir`` tag) still
+has ``checkpoints/``, the job continues that MLflow run: the run's checkpoints and
 fold pictures move into the new run folder (every command gets a new Hydra folder; the old one gets
 ``RESUMED.txt`` saying where they went), and the run's ``dlexp.output_dir`` tag follows them.
 
@@ -26,6 +27,10 @@ PARENT_TAG = "mlflow.parentRunId"
 OUTPUT_DIR_TAG = "dlexp.output_dir"
 FOLD_TAG = "dlexp.fold"
 RESUMED_TAG = "dlexp.resumed"  # how many times the run was continued
+#: Statuses of a run that was stopped rather than failing: KILLED (Ctrl-C, SIGTERM, scancel, a requeue) or still
+#: RUNNING with nothing behind it (SIGKILL, a crashed node, a server that went away). A FAILED run (an error)
+#: is not continued: the next command starts a new run, as before.
+INTERRUPTED = ("KILLED", "RUNNING")
 ERROR_TAG = "dlexp.error"  # why an attempt ended: cleared when the run is continued
 MOVED_FOLDERS = (CHECKPOINT_DIR, "folds")  # what a continued run takes from its earlier folder
 HISTORY_KEYS = ("train_loss", "val_loss", "val_acc", "lr")
@@ -44,8 +49,8 @@ def find_interrupted_run(client, experiment_id: str, config_hash_value: str, cod
         tags = run.data.tags
         if tags.get(PARENT_TAG) != parent_run_id:
             continue
-        if run.info.status == "FINISHED" or PRUNED_TAG in tags:
-            return None  # the latest run of this config is a result: nothing to continue
+        if run.info.status not in INTERRUPTED or PRUNED_TAG in tags:
+            return None  # the latest run of this config is a result, or it failed: a new run
         folder = tags.get(OUTPUT_DIR_TAG)
         if not folder or not (Path(folder) / CHECKPOINT_DIR).is_dir():
             return None
