@@ -61,7 +61,11 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM as Interrupted
         report_failed_run(cfg, output_dir)
-        report_end(f"interrupted: {str(interrupt) or 'Ctrl-C'}; the MLflow run ended KILLED", logging.WARNING)
+        from dlexp.tracking.offline import pending_in
+
+        ended = ("the MLflow run ended KILLED" if pending_in(output_dir) is None else "the MLflow run's end "
+                 f"(KILLED) is not in the store yet: send it with python -m dlexp.sync {output_dir}")
+        report_end(f"interrupted: {str(interrupt) or 'Ctrl-C'}; {ended}", logging.WARNING)
         sys.exit(128 + getattr(interrupt, "signum", signal.SIGINT))
     return summary.get(cfg.tracking.best_metric, float("nan"))
 

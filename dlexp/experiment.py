@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.config.build import build, build_partial
@@ -40,14 +41,17 @@ from dlexp.reports.run_files import (
     write_run_files,
 )
 from dlexp.reports.summary import accuracy, class_probabilities, class_report, summarise, summary_text
+from dlexp.tracking import offline
 from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.datasets import DATA_DIGEST_TAG, log_datasets
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
 from dlexp.tracking.keys import KEYS_ARTIFACT, run_keys
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
+from dlexp.tracking.resume import job_checkpoints, logged_folds, params_to_log, resumed_tags
 from dlexp.tracking.store import flatten, git_commit, job_tags, mlflow_run, setup_experiment
 from dlexp.training import progress
 from dlexp.training.batched import batching_obstacle, train_folds_batched
+from dlexp.training.checkpoint import Checkpoints, parse_every, replay_finished, stop_at_epoch_end
 from dlexp.training.devices import resolve_device
 from dlexp.training.loop import NO_HOOKS, FoldResult, HookList, TrainingHooks, train_fold
 
@@ -106,8 +110,8 @@ def choose_strategy(requested: str, objects: FoldObjects, data) -> str:
 
 
 def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Tensor, y: torch.Tensor,
-                device: torch.device, strategy: str,
-                hooks: TrainingHooks = NO_HOOKS) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
+                device: torch.device, strategy: str, hooks: TrainingHooks = NO_HOOKS,
+                checkpoints: Checkpoints | None = None) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
     """Train every fold with ``trainer.strategy``; yields each fold's result and its model (best weights).
 
     Sequential training yields each fold as it finishes; batched training yields them all at the end.
@@ -115,6 +119,9 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
     (seed, fold), see dlexp.data.splits.fold_seed), and both tell ``hooks`` of every epoch and fold as training goes.
     ``trainer.patience=null`` is no early stopping: a fold's first epoch always sets a best, so it can never
     go ``max_epochs`` epochs without improving.
+    With ``checkpoints`` (dlexp.training.checkpoint), folds that finished in an earlier attempt are not
+    trained again (the hooks hear of them as if they were), an interrupted one continues from its checkpoint,
+    and every fold is checkpointed as it trains.
     """
     from dlexp.data.splits import fold_seed
 
@@ -128,29 +135,48 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
     def objects_of(fold: int) -> FoldObjects:
         return build_fold_objects(cfg, data, device, seed=fold_seed(trainer.seed, fold, "weights"))
 
+    done = {fold: result for fold in range(1, len(folds) + 1)
+            if checkpoints is not None and (result := checkpoints.finished(fold)) is not None}
+    if done:
+        log.info("folds %s finished in an earlier attempt: not trained again", ", ".join(map(str, sorted(done))))
     first = objects_of(1)
     log.info("training %d folds %s", len(folds), "at once" if strategy == "batched" else "one by one")
     if strategy == "batched":
         objects = [first] + [objects_of(fold) for fold in range(2, len(folds) + 1)]
         models = [o.model for o in objects]
-        results = train_folds_batched(
-            models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
-            batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
-            generators=generators, min_delta=trainer.min_delta, hooks=hooks,
-        )
+        if len(done) == len(folds):
+            results = [replay_finished(done[fold], models[fold - 1], hooks) for fold in sorted(done)]
+        else:
+            results = train_folds_batched(
+                models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
+                batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
+                generators=generators, min_delta=trainer.min_delta, hooks=hooks,
+                checkpoint=checkpoints.epochs("batched") if checkpoints is not None else None,
+            )
+            if checkpoints is not None:
+                for result in results:
+                    if result.diverged is None:
+                        checkpoints.finish(result)
+                checkpoints.remove("batched")
         yield from ((r, m) for r, m in zip(results, models, strict=True) if r.diverged is None)
         if diverged := next((r.diverged for r in results if r.diverged is not None), None):
             raise diverged  # after the finished folds are logged, like one-by-one training
         return
     for fold, (train_idx, val_idx) in enumerate(fold_indices, start=1):
         objects = first if fold == 1 else objects_of(fold)
+        if fold in done:
+            yield replay_finished(done[fold], objects.model, hooks), objects.model
+            continue
         result = train_fold(
             fold, objects.model, objects.optimizer, objects.scheduler, objects.loss_fn, x, y,
             train_idx, val_idx,
             batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
             generator=generators[fold - 1], min_delta=trainer.min_delta,
             train_transform=data.train_transform, eval_transform=data.eval_transform, hooks=hooks,
+            checkpoint=checkpoints.epochs(f"fold_{fold}") if checkpoints is not None else None,
         )
+        if checkpoints is not None:
+            checkpoints.finish(result)
         yield result, objects.model
 
 
@@ -186,6 +212,8 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
                        hooks: TrainingHooks = NO_HOOKS) -> ExperimentOutcome:
     """:func:`run_experiment`, returning the run id, fold results and models as well as the summary."""
     validate_config(cfg)
+    checkpoint_every = parse_every(cfg.trainer.get("checkpoint_every"))
+    offline.prepare(cfg.tracking)  # bounded store calls, before the helper process starts
     progress.configure(trainer_progress(cfg))
     start_helper()  # the picture process starts while the data loads
     log_models = bool(OmegaConf.select(cfg, "tracking.log_models", default=True))
@@ -211,7 +239,7 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     probe = build_fold_objects(cfg, data, device, seed=trainer.seed, check=True)
     model_stats = summarize_model(probe.model, data.input_shape)
     strategy = choose_strategy(trainer.strategy, probe, data)
-    setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
+    experiment_id = setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
     tags = {"dlexp.overrides": " ".join(overrides or []), "dlexp.output_dir": str(output_dir),
             "dlexp.dataset": data.name, **job_tags(cfg), **data_tags(cfg), **(extra_tags or {})}
     if (split_note := data.split_note()) is not None:
@@ -224,12 +252,19 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     plot_dir = output_dir / "plots"
     run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
     use_system_metrics(cfg)
-    with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt") as run, Writer() as writer:
+    # An interrupted run of this job continues (dlexp.tracking.resume): its checkpoints move to output_dir.
+    checkpoints, resumed = job_checkpoints(cfg, experiment_id, output_dir, tags.get("mlflow.parentRunId"),
+                                           checkpoint_every)
+    journal = offline.journal_for(output_dir, str(cfg.tracking.uri))  # a server's writes it did not take
+    with (checkpoints, mlflow_run(run_name, tags=resumed_tags(tags, resumed), failure_file=output_dir / "FAILED.txt",
+                                  run_id=resumed and resumed.info.run_id, journal=journal) as run, Writer() as writer):
+        writer.journal = journal
         client, run_id = HelperClient(writer, mlflow.get_tracking_uri()), run.info.run_id
-        mlflow.log_params(params)
-        if renamed_keys:  # the original names of the keys that had to change
+        mlflow.log_params(params_to_log(params, resumed))
+        if renamed_keys and not resumed:  # the original names of the keys that had to change
             mlflow.log_dict(renamed_keys, KEYS_ARTIFACT)
-        log_datasets(cfg.dataset, data, context_digests(cfg.dataset))
+        if not resumed:
+            log_datasets(cfg.dataset, data, context_digests(cfg.dataset))
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
         log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
@@ -244,25 +279,26 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
             test_accuracy=lambda model: accuracy(class_probabilities(model, x_test, eval_transform), y_test),
             pictures=lambda result, model: fold_pictures(writer, result, model, fold_dir(output_dir, result.fold),
                                                          data, grid, device),
-            writer=writer)
+            writer=writer, logged=resumed and logged_folds(mlflow.MlflowClient(), experiment_id, run_id))
         shown = progress.training_progress(len(folds), trainer.max_epochs, batched=strategy == "batched")
-        started = time.perf_counter()
+        checkpoints.start_clock()
         results: list[FoldResult] = []
         models: list[torch.nn.Module] = []
-        with fold_runs, closing(shown):
+        with fold_runs, closing(shown), stop_at_epoch_end(checkpoints):
             for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy,
-                                             hooks=HookList([fold_runs, shown, hooks])):
+                                             hooks=HookList([fold_runs, shown, hooks]), checkpoints=checkpoints):
                 log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
                          result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
                          100 * result.best_val_acc, 100 * result.test_acc)
                 results.append(result)
                 models.append(model)
-        seconds = time.perf_counter() - started
+        seconds = checkpoints.elapsed()  # earlier attempts' training included
 
         ensemble = torch.stack([class_probabilities(m, x_test, eval_transform) for m in models]).mean(dim=0)
         summary = summarise(results, accuracy(ensemble, y_test), seconds)
         best_model = models[summary["best_fold"] - 1]
-        mlflow.log_metrics({k: v for k, v in summary.items() if not isinstance(v, dict)})
+        client.log_batch(run_id, metrics=[Metric(k, float(v), int(time.time() * 1000), 0)
+                                          for k, v in summary.items() if not isinstance(v, dict)])
         predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
         summary["test_per_class"] = class_report(data.class_names, data.y_test, predicted, split_check.untested)
         summary["split_warnings"] = split_check.warnings
@@ -274,8 +310,10 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
             run_models.log_run_models(writer, mlflow.get_tracking_uri(), run_id, best_model, models, data)
         writer.drain()  # every picture is in the store before the model and summary are written
         for path in write_run_files(output_dir, summary, best_model, data):
-            mlflow.log_artifact(str(path))
+            client.log_artifact(run_id, str(path))
     log.info("\n%s", summary_text(summary, data))
+    if journal is not None and journal.offline:
+        raise DlexpError(journal.message(output_dir))
     return ExperimentOutcome(summary, run_id, results, models, best_model, data)
 
 

@@ -84,9 +84,10 @@ def new_database(admin_uri: str, name: str) -> str:
 
 @contextmanager
 def mlflow_server(folder: Path, backend_store_uri: str, *extra: str, env: dict[str, str] | None = None,
-                  workers: int = 1) -> Iterator[str]:
-    """``python -m dlexp.server`` on a free loopback port; yields its URL; always stopped at the end."""
-    port = free_port()
+                  workers: int = 1, port: int | None = None) -> Iterator[str]:
+    """``python -m dlexp.server`` on ``port`` (default: a free loopback port); yields its URL; always stopped
+    at the end."""
+    port = port or free_port()
     log = folder / f"server-{port}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "dlexp.server", "--port", str(port), "--backend-store-uri", backend_store_uri,
@@ -106,9 +107,10 @@ def mlflow_server(folder: Path, backend_store_uri: str, *extra: str, env: dict[s
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:  # not when a test killed it
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

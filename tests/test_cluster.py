@@ -179,7 +179,7 @@ def jobs_table(sweep_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(table))
 
 
-def test_a_requeued_job_finishes_on_its_second_attempt_and_its_first_ends_killed(server, tmp_path):
+def test_a_requeued_job_continues_its_run_from_its_checkpoints_and_ends_finished(server, tmp_path):
     sweep = start_sweep(*SLURM, *LONG, "trainer.max_epochs=3,400", f"tracking.uri={server}",
                         "tracking.experiment_name=requeue", f"hydra.sweep.dir={tmp_path}/sweep")
     client = MlflowClient(server)
@@ -200,14 +200,21 @@ def test_a_requeued_job_finishes_on_its_second_attempt_and_its_first_ends_killed
         sweep.kill()
     assert sweep.returncode == 0, stderr[-3000:]
     attempts = [run for run in runs(client, "requeue")["job"] if run.data.tags["dlexp.sweep_job"] == "1"]
-    assert sorted(run.info.status for run in attempts) == ["FINISHED", "KILLED"]
-    assert next(run for run in attempts if run.info.status == "KILLED").info.run_id == first.info.run_id
-    finished = next(run for run in attempts if run.info.status == "FINISHED")
-    assert client.get_run(first.info.run_id).data.tags["dlexp.error"] == "Interrupted: stopped by SIGTERM"
+    assert [run.info.run_id for run in attempts] == [first.info.run_id]  # its own run continued, no second one
+    job = attempts[0]
+    assert job.info.status == "FINISHED" and job.data.tags["dlexp.resumed"] == "1"
+    assert "dlexp.error" not in job.data.tags  # the first attempt's interruption is over
+    folds = [run for run in runs(client, "requeue")["fold"] if run.data.tags["mlflow.parentRunId"] == job.info.run_id]
+    assert sorted(run.data.tags["dlexp.fold"] for run in folds) == ["1", "2"]  # fold 1 not trained again
+    assert {run.info.status for run in folds} == {"FINISHED"}
+    for fold in folds:  # every epoch once
+        steps = [m.step for m in client.get_metric_history(fold.info.run_id, "val_loss")]
+        assert steps == list(range(1, 401)), fold.data.tags["dlexp.fold"]
     table = jobs_table(tmp_path / "sweep")
     assert [row["status"] for row in table] == ["FINISHED", "FINISHED"]
-    assert table[1]["run_id"] == finished.info.run_id
+    assert table[1]["run_id"] == job.info.run_id
     assert runs(client, "requeue")["sweep"][0].info.status == "FINISHED"
+    assert not (Path(job.data.tags["dlexp.output_dir"]) / "FAILED.txt").exists()
 
 
 def test_a_search_runs_its_trials_as_slurm_jobs_that_report_to_a_study_in_postgres(server, postgres_admin_uri,

@@ -12,7 +12,6 @@ import json
 from concurrent.futures import Future
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 
@@ -20,6 +19,7 @@ from dlexp.reports import plots
 from dlexp.reports.summary import class_probabilities, summary_text
 from dlexp.tracking.background import Writer
 from dlexp.tracking.keys import mlflow_keys
+from dlexp.tracking.offline import log_metrics
 from dlexp.training.loop import FoldResult
 
 
@@ -64,10 +64,11 @@ def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
                       data.class_names, title, here=here),
     ]
     keys = mlflow_keys(data.class_names, CLASS_METRIC_PREFIX)  # the run logged their table as it started
-    mlflow.log_metrics({keys[name]: float(acc)
-                        for name, acc in zip(data.class_names, per_class, strict=True) if not np.isnan(acc)})
+    metrics = {keys[name]: float(acc)
+               for name, acc in zip(data.class_names, per_class, strict=True) if not np.isnan(acc)}
     if data.grouped:
-        mlflow.log_metric("test_acc_grouped", summary["test_acc"])
+        metrics["test_acc_grouped"] = summary["test_acc"]
+    log_metrics(writer.journal, metrics)
     if len(data.input_shape) == 3:
         wrong = np.flatnonzero(predicted != y_test)[:48]
         pictures.append(writer.render(

@@ -4,8 +4,9 @@ Hydra's launcher waits for each job's result in turn and raises the first failur
 error, losing the others; and under submitit a job ignores SIGTERM (submitit keeps USR2 for its timeouts and
 preemption), so ``scancel`` or a requeue killed it after ``KillWait`` with its MLflow run left RUNNING. Here:
 
-- in the job, SIGTERM raises ``Interrupted`` like Ctrl-C, so a cancelled or requeued job ends its run KILLED
-  (with the folds it finished) before SLURM's SIGKILL; a requeued job then runs again from the start;
+- in the job, SIGTERM raises ``Interrupted`` like Ctrl-C (at the end of the epoch, after a checkpoint), so a
+  cancelled or requeued job ends its run KILLED (with the folds it finished) before SLURM's SIGKILL; a
+  requeued job then continues that run from its checkpoints (dlexp.tracking.resume);
 - in the sweep, every job is waited for (SLURM is asked at least every ``POLL_SECONDS``, so a job that dies
   silently is noticed soon), and a job that left no result does not stop the sweep: its run, if still
   RUNNING, is ended (KILLED if SLURM cancelled the job, else FAILED), its folder gets the record and

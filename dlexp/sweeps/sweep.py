@@ -93,6 +93,9 @@ class SweepRun(Callback):
         except DlexpError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        from dlexp.tracking import offline
+
+        offline.prepare(config.tracking)  # bounded store calls here and in the jobs it starts
         try:
             self.open_run(config)
         except Exception as error:  # Hydra would only warn and run every job untracked: stop instead

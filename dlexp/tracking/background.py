@@ -152,6 +152,8 @@ class Writer:
         self.aborted = threading.Event()
         self.periodic: tuple[float, Callable[[], None]] | None = None
         self.futures: list[Future] = []
+        #: a run logging to a server: its writes the server did not take (dlexp.tracking.offline.Journal)
+        self.journal = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
@@ -182,7 +184,25 @@ class Writer:
 
     def store_call(self, tracking_uri: str, method: str, *args, **kwargs) -> object:
         """An ``MlflowClient`` call made in the helper process (in order with its pictures), waited for here.
-        An abort drops it if it has not started; one that has is waited for (never stopped mid-write)."""
+        An abort drops it if it has not started; one that has is waited for (never stopped mid-write).
+        With a ``journal``, a call the server does not answer, and every later one, is recorded there instead
+        (dlexp.tracking.offline)."""
+        journal = self.journal
+        if journal is not None and journal.offline:
+            return journal.record(method, *args, **kwargs)
+        try:
+            return self._store_call(tracking_uri, method, args, kwargs)
+        except Aborted:
+            raise
+        except Exception as error:
+            from dlexp.tracking.offline import unreachable
+
+            if journal is None or not unreachable(error):
+                raise
+            journal.go_offline(error)
+            return journal.record(method, *args, **kwargs)
+
+    def _store_call(self, tracking_uri: str, method: str, args: tuple, kwargs: dict) -> object:
         if not helper_possible():
             return _store_call(tracking_uri, method, args, kwargs)
         future = picture_pool().submit(_store_call, tracking_uri, method, args, kwargs)

@@ -49,7 +49,7 @@ class FoldRuns(TrainingHooks):
                  evaluate: Callable[[FoldResult], torch.nn.Module],
                  test_accuracy: Callable[[torch.nn.Module], float],
                  pictures: Callable[[FoldResult, torch.nn.Module], list], writer: Writer | None = None,
-                 flush_seconds: float | None = None) -> None:
+                 flush_seconds: float | None = None, logged: dict | None = None) -> None:
         self.writer = writer or Writer()
         self.client = HelperClient(self.writer, mlflow.get_tracking_uri())  # the writer thread's calls
         self.job_run_id, self.experiment_id, self.n_folds = job_run_id, experiment_id, n_folds
@@ -61,6 +61,9 @@ class FoldRuns(TrainingHooks):
         self.unsent: dict[int, list[Metric]] = collections.defaultdict(list)  # (writer thread)
         self.running: list[int] = []  # folds training now (training thread)
         self.tagged = False  # the job run has the running-fold tag (writer thread)
+        #: fold -> dlexp.tracking.resume.LoggedFold: a continued run's fold runs, reused; epochs they hold are
+        #: not logged again, and a FINISHED one is left as it is
+        self.logged = logged or {}
 
     # ---------------------------------------------------------------- training thread (hooks)
 
@@ -80,6 +83,10 @@ class FoldRuns(TrainingHooks):
         result.train_indices, result.val_indices = result.train_indices.cpu(), result.val_indices.cpu()
         model = self.evaluate(result)
         result.test_acc = self.test_accuracy(model)
+        if (logged := self.logged.get(result.fold)) is not None and logged.finished:
+            self.running.remove(result.fold)  # its run is complete already (an earlier attempt closed it)
+            self.writer.submit(self._tag_running, self._running_text())
+            return
         futures = self.pictures(result, model)
         self.running.remove(result.fold)
         self.writer.submit(self._close, result.fold, {
@@ -95,6 +102,11 @@ class FoldRuns(TrainingHooks):
     # ---------------------------------------------------------------- writer thread
 
     def _open(self, fold: int) -> None:
+        if (logged := self.logged.get(fold)) is not None:
+            self.run_ids[fold] = logged.run_id
+            if not logged.finished:
+                self.client.update_run(logged.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return
         tags = context_registry.resolve_tags({"mlflow.parentRunId": self.job_run_id, "dlexp.fold": str(fold)})
         self.run_ids[fold] = self.client.create_run(self.experiment_id, run_name=fold_run_name(self.job_name, fold),
                                                     tags=tags)
@@ -111,7 +123,12 @@ class FoldRuns(TrainingHooks):
         Epochs of a fold whose run is not created yet (its creation is still queued) wait for the next flush."""
         while self.epochs:
             fold, epoch, metrics, ms = self.epochs.popleft()
-            self.unsent[fold] += [Metric(key, float(value), ms, epoch) for key, value in metrics.items()]
+            logged = self.logged.get(fold)
+            if logged is not None and logged.finished:
+                continue
+            last = logged.last_step if logged is not None else {}
+            self.unsent[fold] += [Metric(key, float(value), ms, epoch) for key, value in metrics.items()
+                                  if epoch > last.get(key, 0)]
         for fold in [fold for fold in self.unsent if fold in self.run_ids]:
             metrics = self.unsent.pop(fold)
             for start in range(0, len(metrics), 1000):  # MLflow's limit per batch
@@ -150,6 +167,13 @@ class FoldRuns(TrainingHooks):
             pass
         finally:
             self.writer.abort()
+        journal = self.writer.journal
+        if journal is not None and journal.offline:  # the server is away: the folds' ends wait for the sync
+            for fold in self.running:
+                if fold in self.run_ids:
+                    journal.record("set_tag", self.run_ids[fold], "dlexp.error", one_line(error))
+                    journal.record("set_terminated", self.run_ids[fold], RunStatus.to_string(status))
+            return
         client = MlflowClient()  # here: the helper process may be gone (SIGTERM to the process group)
         # The store, not run_ids: the helper may have created a fold run as it was stopped, before its id came back.
         for run in client.search_runs([self.experiment_id], filter_string=(

@@ -233,6 +233,7 @@ def config_hash(cfg: DictConfig) -> str:
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved.pop("tracking", None)
+    resolved.get("trainer", {}).pop("checkpoint_every", None)  # how often it is saved is not what it trains
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -344,15 +345,17 @@ def one_line(error: BaseException) -> str:
 
 @contextmanager
 def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | None = None,
-               failure_file: Path | None = None) -> Iterator:
+               failure_file: Path | None = None, run_id: str | None = None, journal=None) -> Iterator:
     """Start a run and always end it: FINISHED, FAILED (error tagged) or KILLED (interrupted).
 
     Ending the run on every path is what lets the next job of a sweep start cleanly. ``failure_file``
     (in the job's run folder) gets the status and the error when the run does not finish, so the folder
-    says so too.
+    says so too. ``run_id`` continues that run (an interrupted job resumed, dlexp.tracking.resume). With a
+    ``journal`` (dlexp.tracking.offline) the run's end goes where its other writes went: to the server, or,
+    once it stopped answering, to the journal (the store then still says RUNNING, which is true).
     """
     try:
-        run = mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags or {}))
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, nested=nested, tags=dict(tags or {}))
     except mlflow.exceptions.MlflowException as error:  # e.g. the store turned read-only since the setup
         from dlexp.tracking.refusals import refusal
 
@@ -362,13 +365,26 @@ def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | No
     except BaseException as error:
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
         status = RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)
-        mlflow.set_tag("dlexp.error", one_line(error))
-        mlflow.end_run(status)
+        if journal is None:
+            mlflow.set_tag("dlexp.error", one_line(error))
+            mlflow.end_run(status)
+        else:
+            from dlexp.tracking.offline import end_run
+
+            journal.call("set_tag", run.info.run_id, "dlexp.error", one_line(error))
+            end_run(journal, run.info.run_id, status)
         if failure_file is not None:
-            failure_file.write_text(f"{status}: {one_line(error)}\nMLflow run: {run.info.run_id}\n")
+            pending = (f"not in the store yet: send it with python -m dlexp.sync {failure_file.parent}\n"
+                       if journal is not None and journal.offline else "")
+            failure_file.write_text(f"{status}: {one_line(error)}\nMLflow run: {run.info.run_id}\n{pending}")
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        if journal is None:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        else:
+            from dlexp.tracking.offline import end_run
+
+            end_run(journal, run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 def job_run(client, experiment_id: str, output_dir: Path):
     """The run a job started (its output folder is tagged on it), or None if it got no run."""

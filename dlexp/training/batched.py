@@ -359,6 +359,7 @@ def train_folds_batched(
     generators: Sequence[torch.Generator],
     min_delta: float = 0.0,
     hooks: TrainingHooks = NO_HOOKS,
+    checkpoint=None,
 ) -> list[FoldResult]:
     """Train fold ``i``'s ``models[i]`` on ``folds[i] = (train_indices, val_indices)``, all at once.
 
@@ -367,6 +368,9 @@ def train_folds_batched(
     weights, also returned in its :class:`FoldResult` like ``train_fold`` does. A fold whose loss turns
     NaN or infinite stops there and comes back with ``diverged`` set; the others train to the end.
     ``hooks`` hear of every fold's epochs, and of each fold as it stops (with its best weights loaded).
+    ``checkpoint`` (a dlexp.training.checkpoint.EpochCheckpoint) restores the stacked state of an interrupted
+    run before the first epoch (the hooks hear of its epochs and stopped folds again) and saves it at the end
+    of epochs.
     """
     device = x.device
     k = len(models)
@@ -393,7 +397,46 @@ def train_folds_batched(
         models[i].load_state_dict(results[i].state_dict)
         hooks.fold_end(results[i])
 
-    for epoch in range(1, max_epochs + 1):
+    first_epoch = 1
+    if checkpoint is not None and (saved := checkpoint.restore()) is not None:
+        from dlexp.training.checkpoint import replay_epochs, result_from_state
+
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        for generator, state in zip(generators, saved["generators"], strict=True):
+            generator.set_state(state)
+        torch.set_rng_state(saved["rng"])
+        running = list(saved["running"])
+        weights, best_weights = saved["weights"].to(device), saved["best_weights"].to(device)
+        adam.exp_avg, adam.exp_avg_sq = saved["exp_avg"].to(device), saved["exp_avg_sq"].to(device)
+        adam.steps = list(saved["steps"])
+        stacked.bind(weights)
+        for i, (result, stopper) in enumerate(zip(results, stoppers, strict=True)):
+            saved_result = result_from_state(saved["results"][i])
+            for key, values in saved_result.history.items():
+                result.history[key][:] = values
+            for name in ("best_epoch", "best_val_loss", "best_val_acc", "epochs_run", "diverged"):
+                setattr(result, name, getattr(saved_result, name))
+            vars(stopper).update(saved["stoppers"][i])
+            # a diverged fold's last epoch never reached the hooks
+            replay_epochs(result, hooks, result.epochs_run - (result.diverged is not None))
+        for i, result in enumerate(results):
+            if i not in running and result.diverged is None:
+                finish(i)
+        first_epoch = int(saved["epoch"]) + 1
+
+    def stacked_state() -> dict:
+        from dlexp.training.checkpoint import result_state
+
+        return {"optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "generators": [g.get_state() for g in generators], "rng": torch.get_rng_state(),
+                "running": list(running), "weights": weights, "best_weights": best_weights,
+                "exp_avg": adam.exp_avg, "exp_avg_sq": adam.exp_avg_sq, "steps": list(adam.steps),
+                "results": [result_state(r) for r in results], "stoppers": [dict(vars(s)) for s in stoppers]}
+
+    for epoch in range(first_epoch, max_epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         orders = [folds[i][0][torch.randperm(len(folds[i][0]), generator=generators[i]).to(device)]
                   for i in running]
@@ -459,6 +502,8 @@ def train_folds_batched(
             with warnings.catch_warnings():  # the optimizer's step is StackedAdam's, which torch cannot see
                 warnings.filterwarnings("ignore", SCHEDULER_ORDER_WARNING, UserWarning)
                 scheduler.step()
+        if checkpoint is not None:
+            checkpoint.epoch_end(epoch, stacked_state)
 
     for i in running:  # reached max_epochs
         finish(i)

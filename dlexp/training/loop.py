@@ -172,6 +172,7 @@ def train_fold(
     hooks: TrainingHooks = NO_HOOKS,
     train_transform: Transform | None = None,
     eval_transform: Transform | None = None,
+    checkpoint=None,
 ) -> FoldResult:
     """Train ``model`` on ``x[train_indices]``, early-stopping on the loss over ``x[val_indices]``.
 
@@ -179,6 +180,8 @@ def train_fold(
     augmentation, float conversion, normalisation); without them the rows go in as they are.
 
     The model ends holding the best epoch's weights, which are also returned as a copy in the result.
+    ``checkpoint`` (a dlexp.training.checkpoint.EpochCheckpoint) restores an interrupted fold's state before
+    the first epoch (the hooks hear of its epochs again) and saves it at the end of epochs.
     """
     x_train, y_train = x[train_indices], y[train_indices]
     x_val, y_val = x[val_indices], y[val_indices]
@@ -189,7 +192,13 @@ def train_fold(
     result.state_dict = clone_state(model)
     hooks.fold_start(fold)
     has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    for epoch in range(1, max_epochs + 1):
+    first_epoch = 1
+    if checkpoint is not None:
+        from dlexp.training.checkpoint import fold_state, restore_fold_state
+
+        if (saved := checkpoint.restore()) is not None:
+            first_epoch = restore_fold_state(saved, model, optimizer, scheduler, stopper, generator, result, hooks) + 1
+    for epoch in range(first_epoch, max_epochs + 1):
         model.train()
         order = torch.randperm(n, generator=generator).to(x.device)
         total = torch.zeros((), device=x.device)
@@ -221,6 +230,8 @@ def train_fold(
         if stopper.should_stop:
             break
         step_scheduler(scheduler, val_loss)
+        if checkpoint is not None:
+            checkpoint.epoch_end(epoch, lambda: fold_state(model, optimizer, scheduler, stopper, generator, result))
     model.load_state_dict(result.state_dict)
     hooks.fold_end(result)
     return result
