@@ -27,23 +27,23 @@ make_open_dir() {
 # Stop with one line unless user $1 (a daemon's) can write folder $2 ($3: who, e.g. "MariaDB"). Names the first
 # folder on the way that user cannot enter.
 require_writable_by() {
-    local user=$1 dir=$2 who=$3 path="" part
+    local user=$1 dir=$2 who=$3 path closed=""
     [ "$(id -u)" -eq 0 ] || return 0  # not root: the daemon runs as you
     runuser -u "$user" -- test -w "$dir" && return 0
-    local IFS=/
-    for part in $dir; do
-        [ -n "$part" ] || continue
-        path="$path/$part"
-        if ! runuser -u "$user" -- test -x "$path"; then
-            die "$who runs as user $user, who cannot enter $path (mode $(stat -c %a "$path"), owner" \
-                "$(stat -c %U "$path")); set DLEXP_SERVICES_DIR to a folder $user can enter, or leave it unset"
-        fi
+    path=$dir
+    while [ "$path" != / ]; do  # the folder closest to / that the user cannot enter
+        runuser -u "$user" -- test -x "$path" || closed=$path
+        path=$(dirname "$path")
     done
+    [ -n "$closed" ] && die "$who runs as user $user, who cannot enter $closed (mode $(stat -c %a "$closed")," \
+        "owner $(stat -c %U "$closed")); set DLEXP_SERVICES_DIR to a folder $user can enter, or leave it unset"
     die "$who runs as user $user, who cannot write $dir; set DLEXP_SERVICES_DIR to a folder $user can write"
 }
 
-# The line of log file $1 that says why a daemon failed: its first error line, else its last line.
+# The line of log file $1 that says why a daemon failed, without its time stamp: its first line that says what
+# went wrong (could not ..., permission denied, address in use, error, fatal), else its last line.
 log_cause() {
-    [ -s "$1" ] || { echo "(empty log)"; return; }
-    grep -m1 -iE '\b(error|fatal|panic)\b' "$1" || tail -n 1 "$1"
+    [ -s "$1" ] || { echo "(its log is empty)"; return; }
+    { grep -m1 -iE "could not|can't|cannot|denied|in use|\b(error|fatal|panic)\b" "$1" || tail -n 1 "$1"; } \
+        | sed -E 's/^[0-9-]+ [0-9:.]+ ([A-Z]+ )?(\[[0-9]+\] )?(0 )?//'
 }

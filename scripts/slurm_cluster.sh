@@ -56,6 +56,7 @@ start_munge() {
     alive /run/munge/munged.pid && return
     [ -s /etc/munge/munge.key ] || runuser -u munge -- /usr/sbin/mungekey --create
     runuser -u munge -- /usr/sbin/munged
+    touch "$STATE/munged.ours"  # munged serves the whole machine: stop stops it only if this checkout started it
     wait_for "munge -n | unmunge" 10 || die "munged did not start"
 }
 
@@ -160,8 +161,10 @@ start() {
     say "one-node cluster up in $((SECONDS - started)) s (partition debug); stop it with $0 stop"
 }
 
+stopped=0
 stop_pid_file() {  # TERM the daemon in pid file $1, then KILL it after 10 s
     alive "$1" || { rm -f "$1"; return 0; }
+    stopped=$((stopped + 1))
     local pid deadline=$((SECONDS + 10))
     pid=$(cat "$1")
     kill "$pid"
@@ -177,9 +180,12 @@ stop() {
         stop_pid_file "$STATE/$daemon.pid"
     done
     stop_pid_file "$STATE/mariadb-run/mariadb.pid"
-    stop_pid_file /run/munge/munged.pid
-    [ "$(readlink "$ETC_CONF" 2>/dev/null)" = "$STATE/slurm.conf" ] && rm -f "$ETC_CONF"
-    say "stopped"
+    if [ -e "$STATE/munged.ours" ]; then
+        stop_pid_file /run/munge/munged.pid
+        rm -f "$STATE/munged.ours"
+    fi
+    if [ "$(readlink "$ETC_CONF" 2>/dev/null)" = "$STATE/slurm.conf" ]; then rm -f "$ETC_CONF"; fi
+    if [ "$stopped" -gt 0 ]; then say "stopped"; else say "not running (state: $STATE)"; fi
 }
 
 case "${1:-}" in
