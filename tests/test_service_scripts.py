@@ -35,7 +35,7 @@ def private_checkout():
     script(checkout, env, "stop")
     state = Path(script(checkout, env, "dir").stdout.strip())
     if state.is_absolute() and state.name == "postgres" and checkout.name in state.parent.name:
-        shutil.rmtree(state.parent)  # the checkout's own state folder (scripts/service_state.sh), nothing else
+        shutil.rmtree(state.parent, ignore_errors=True)  # the checkout's own state folder (scripts/service_state.sh), nothing else
     shutil.rmtree(private)
 
 
