@@ -34,8 +34,9 @@ def private_checkout():
     yield checkout, env
     script(checkout, env, "stop")
     state = Path(script(checkout, env, "dir").stdout.strip())
+    # the checkout's own state folder (scripts/service_state.sh), nothing else
     if state.is_absolute() and state.name == "postgres" and checkout.name in state.parent.name:
-        shutil.rmtree(state.parent, ignore_errors=True)  # the checkout's own state folder (scripts/service_state.sh), nothing else
+        shutil.rmtree(state.parent, ignore_errors=True)
     shutil.rmtree(private)
 
 
