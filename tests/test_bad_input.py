@@ -244,6 +244,8 @@ def test_bad_image_input_is_one_clear_error(tmp_path, store, make_overrides, cul
     assert experiment is None or not store["client"].search_runs([experiment.experiment_id])
 
 
+# The conversion itself is in the fast tier: tests/test_images.py::test_dataset_returns_full_images_and_species_names
+@pytest.mark.full  # a whole image run, ~20 s of CPU
 def test_grayscale_cmyk_rgba_and_16_bit_images_are_converted_not_rejected(tmp_path, store):
     rows = write_bees(tmp_path / "imgs", modes=("L", "CMYK", "RGBA", "I;16"))
     result = run_dlexp([*IMAGE_RUN, *store["overrides"], f"dataset.csv={write_csv(tmp_path / 'b.csv', rows)}",
