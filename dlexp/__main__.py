@@ -1,32 +1,40 @@
-"""``python -m dlexp [+experiment=NAME] [overrides]``: run one experiment per Hydra job."""
+"""``dlexp [+experiment=NAME] [overrides]`` (or ``python -m dlexp``): run one experiment per Hydra job.
+
+``dlexp server ...`` and ``dlexp inspect ...`` run :mod:`dlexp.server` and :mod:`dlexp.inspect` (also
+``python -m dlexp.server`` / ``python -m dlexp.inspect``); any other arguments are Hydra's.
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import signal
 import sys
 from contextlib import nullcontext
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from dlexp.config.paths import absolute_paths
 from dlexp.config.validation import validate_config
 from dlexp.errors import find_user_error
 from dlexp.interrupts import sigterm_as_interrupt
-from dlexp.sweeps.sweep import SweepJob
+from dlexp.locations import CONF_DIR
+from dlexp.logfile import report_end
+from dlexp.sweeps.sweep import SweepJob, job_sweep_dir
 from dlexp.tracking.where import label_job_output, report_failed_run, report_run
 
 log = logging.getLogger("dlexp")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns the job's ``tracking.best_metric`` (a validation score), so sweepers can optimise it."""
     hydra_cfg = HydraConfig.get()
     output_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
+    absolute_paths(cfg, hydra_cfg.runtime.cwd)  # relative paths: from where dlexp started, even with job.chdir
     job = SweepJob.current(hydra_cfg)
     try:
         if job is None:
@@ -37,7 +45,7 @@ def main(cfg: DictConfig) -> float:
             if job is not None:  # a sweep's job: resumable, nested under the sweep's run
                 from dlexp.sweeps.search.pruning import trial_hooks  # a search's trial reports to its pruner
 
-                hooks = trial_hooks(Path(str(hydra_cfg.sweep.dir)), int(hydra_cfg.job.num),
+                hooks = trial_hooks(job_sweep_dir(hydra_cfg), int(hydra_cfg.job.num),
                                     int(cfg.trainer.max_epochs))
                 score = job.run(cfg, lambda tags: run_experiment(cfg, output_dir, overrides, extra_tags=tags,
                                                                  hooks=hooks))
@@ -49,11 +57,11 @@ def main(cfg: DictConfig) -> float:
         if (user_error := find_user_error(error)) is None:
             raise  # a bug: keep its traceback
         report_failed_run(cfg, output_dir)
-        print(f"error: {user_error}", file=sys.stderr)
+        report_end(f"error: {user_error}")  # on stderr and in the run's log file (dlexp.log)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM as Interrupted
         report_failed_run(cfg, output_dir)
-        print(f"interrupted: {str(interrupt) or 'Ctrl-C'}; the MLflow run ended KILLED", file=sys.stderr)
+        report_end(f"interrupted: {str(interrupt) or 'Ctrl-C'}; the MLflow run ended KILLED", logging.WARNING)
         sys.exit(128 + getattr(interrupt, "signum", signal.SIGINT))
     return summary.get(cfg.tracking.best_metric, float("nan"))
 
@@ -64,19 +72,35 @@ def main(cfg: DictConfig) -> float:
 GC_THRESHOLDS = (50_000, 50, 10)
 
 
-def register_search_sweeper() -> None:
+def register_plugins() -> None:
     """Hydra finds plugins by scanning the ``hydra_plugins`` package, which misses ours in an editable install
-    (``pip install -e .``): register dlexp's search sweeper (``hydra/sweeper=search``) the documented way."""
+    (``pip install -e .`` maps them with an import hook the scan does not see): register dlexp's search
+    sweeper (``hydra/sweeper=search``) and SLURM launcher (``hydra/launcher=slurm``) the documented way."""
     from hydra.core.plugins import Plugins
 
+    plugins = Plugins.instance()  # scans hydra_plugins (re-running the modules it finds)
     from hydra_plugins.dlexp_search.dlexp_search import SearchSweeper
+    from hydra_plugins.dlexp_slurm_launcher import SlurmLauncher
 
-    Plugins.instance().register(SearchSweeper)
+    found = {f"{plugin.__module__}.{plugin.__qualname__}" for plugin in plugins.discover()}
+    for plugin in SearchSweeper, SlurmLauncher:  # those the scan found (a wheel install) are listed once
+        if f"{plugin.__module__}.{plugin.__qualname__}" not in found:
+            plugins.register(plugin)
 
 
-if __name__ == "__main__":
+#: ``dlexp NAME ...`` runs the module's ``cli()`` with the remaining arguments; Hydra's overrides always hold
+#: a ``=`` (or are options), so a bare word cannot be mistaken for one.
+SUBCOMMANDS = {"server": "dlexp.server", "inspect": "dlexp.inspect"}
+
+
+def cli() -> None:
+    """The ``dlexp`` command (console script) and ``python -m dlexp``: a sub-command, or Hydra's app."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        name = sys.argv.pop(1)
+        importlib.import_module(SUBCOMMANDS[name]).cli(prog=f"dlexp {name}")
+        return
     gc.set_threshold(*GC_THRESHOLDS)
-    register_search_sweeper()
+    register_plugins()
     try:
         main()
     except KeyboardInterrupt as interrupt:  # a sweep's own process (a job reports its own, in main)
@@ -86,3 +110,7 @@ if __name__ == "__main__":
         # The process ends here: spare the interpreter's final collection those ~750,000 objects, another
         # 1.2-1.7 s (measured). Exit handlers still run and MLflow's runs are already ended.
         gc.freeze()
+
+
+if __name__ == "__main__":
+    cli()

@@ -23,15 +23,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.config.build import build, build_partial
 from dlexp.config.validation import validate_config
+from dlexp.data.contract import check_data
 from dlexp.data.protocol import ExperimentData
 from dlexp.data.splits import kfold_indices
 from dlexp.errors import DlexpError
 from dlexp.inspect import log_model_summary, summarize_model
+from dlexp.models.contract import check_model
 from dlexp.reports import plots
-from dlexp.reports.run_files import classification_pictures, data_picture, run_pictures, write_run_files
+from dlexp.reports.run_files import (
+    CLASS_METRIC_PREFIX,
+    classification_pictures,
+    data_picture,
+    run_pictures,
+    write_run_files,
+)
 from dlexp.reports.summary import accuracy, class_probabilities, summarise, summary_text
 from dlexp.tracking.background import HelperClient, Writer, start_helper
 from dlexp.tracking.fold_runs import FoldRuns, fold_pictures
+from dlexp.tracking.keys import KEYS_ARTIFACT, run_keys
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, job_run_name
 from dlexp.tracking.store import flatten, git_commit, job_tags, mlflow_run, setup_experiment
 from dlexp.training import progress
@@ -61,10 +70,15 @@ class FoldObjects:
     loss_fn: torch.nn.Module
 
 
-def build_fold_objects(cfg: DictConfig, data: ExperimentData, device: torch.device, seed: int) -> FoldObjects:
-    """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights."""
+def build_fold_objects(cfg: DictConfig, data: ExperimentData, device: torch.device, seed: int,
+                       check: bool = False) -> FoldObjects:
+    """A fresh model, optimizer, scheduler and loss from the config; ``seed`` fixes the initial weights.
+    ``check``: run the model on the first batch first (dlexp.models.contract), one line if it breaks the contract."""
     torch.manual_seed(seed)
-    model = build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).to(device)
+    model = build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes)
+    if check:
+        check_model(model, data, int(cfg.trainer.batch_size))
+    model = model.to(device)
     optimizer = build_partial("optimizer", cfg.optimizer, model.parameters())
     scheduler = build_partial("scheduler", cfg.scheduler, optimizer) if cfg.get("scheduler") else None
     loss_fn = build("loss", cfg.loss).to(device)
@@ -137,13 +151,37 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
         yield result, objects.model
 
 
+@dataclass
+class ExperimentOutcome:
+    """What a finished run leaves in memory besides its files and MLflow run (for dlexp.api).
+
+    ``results[i]`` and ``models[i]`` are fold ``results[i].fold``'s result and model (best weights, on the
+    training device); ``best_model`` is the reported model (lowest validation loss), one of ``models``.
+    """
+
+    summary: dict
+    run_id: str
+    results: list[FoldResult]
+    models: list[torch.nn.Module]
+    best_model: torch.nn.Module
+    data: ExperimentData
+
+
 def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
                    extra_tags: dict[str, str] | None = None, hooks: TrainingHooks = NO_HOOKS) -> dict:
     """Train with k-fold CV as ``cfg`` says, write pictures and a summary to ``output_dir``, log to MLflow.
 
     ``extra_tags`` go on the run as well (a sweep job passes ``mlflow.parentRunId`` to nest under its sweep);
     ``hooks`` hear of every epoch and fold (a search's trial reports to its pruner through them).
+    Returns the summary numbers (dlexp.reports.summary.summarise); :func:`experiment_outcome` returns more.
     """
+    return experiment_outcome(cfg, output_dir, overrides, extra_tags, hooks).summary
+
+
+def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
+                       extra_tags: dict[str, str] | None = None,
+                       hooks: TrainingHooks = NO_HOOKS) -> ExperimentOutcome:
+    """:func:`run_experiment`, returning the run id, fold results and models as well as the summary."""
     validate_config(cfg)
     progress.configure(trainer_progress(cfg))
     start_helper()  # the picture process starts while the data loads
@@ -151,7 +189,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
     device = configure_torch(trainer)
-    data: ExperimentData = build("dataset", cfg.dataset)
+    data: ExperimentData = check_data(build("dataset", cfg.dataset), cfg.dataset.get("_target_", "?"))
     # data.groups: image data split by specimen, so no specimen is in two folds
     folds = kfold_indices(data.y_train.numpy(), trainer.folds, trainer.seed, trainer.stratify, data.groups)
     eval_transform = data.eval_transform
@@ -161,7 +199,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
             if data.n_features == 2 else None)
 
     # Building the objects once up front stops a bad model/optimizer/scheduler value before any output.
-    probe = build_fold_objects(cfg, data, device, seed=trainer.seed)
+    probe = build_fold_objects(cfg, data, device, seed=trainer.seed, check=True)
     model_stats = summarize_model(probe.model, data.input_shape)
     strategy = choose_strategy(trainer.strategy, probe, data)
     setup_experiment(cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_location)
@@ -171,11 +209,16 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         tags["dlexp.split"] = split_note
     if commit := git_commit():
         tags["mlflow.source.git.commit"] = commit
+    # User text (config keys, class names) as keys MLflow takes, made now: MLflow refuses a bad key only when it
+    # is logged, for per-class metrics after training.
+    params, renamed_keys = run_keys(flatten(cfg), data.class_names, CLASS_METRIC_PREFIX)
     plot_dir = output_dir / "plots"
     run_name = job_run_name(overrides or [], data.name, tags.get(SWEPT_KEYS_TAG, "").split(), cfg.tracking.run_name)
     with mlflow_run(run_name, tags=tags, failure_file=output_dir / "FAILED.txt") as run, Writer() as writer:
         client, run_id = HelperClient(writer, mlflow.get_tracking_uri()), run.info.run_id
-        mlflow.log_params(flatten(cfg))
+        mlflow.log_params(params)
+        if renamed_keys:  # the original names of the keys that had to change
+            mlflow.log_dict(renamed_keys, KEYS_ARTIFACT)
         (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(output_dir / "config_resolved.yaml"))
         log_model_summary(model_stats, data.input_shape, data.n_classes, output_dir)
@@ -218,7 +261,7 @@ def run_experiment(cfg: DictConfig, output_dir: str | Path, overrides: list[str]
         for path in write_run_files(output_dir, summary, best_model, data):
             mlflow.log_artifact(str(path))
     log.info("\n%s", summary_text(summary, data))
-    return summary
+    return ExperimentOutcome(summary, run_id, results, models, best_model, data)
 
 
 def fold_dir(output_dir: Path, fold: int) -> Path:

@@ -1,8 +1,8 @@
-"""``python -m dlexp.inspect [+experiment=NAME] [overrides]``: the configured model's layers, untrained.
+"""``dlexp inspect [+experiment=NAME] [overrides]``: the configured model's layers, untrained.
 
-Same configs and overrides as ``python -m dlexp``. Prints each layer's output shape and parameter count
-and the totals (torchinfo's table) for the model the run would build, with the dataset's input shape and
-class count. ``+inspect.input_shape=[1,30,40] +inspect.num_classes=3`` sets them instead of loading the
+Also ``python -m dlexp.inspect``. Same configs and overrides as ``dlexp``. Prints each layer's output shape
+and parameter count and the totals (torchinfo's table) for the model the run would build, with the dataset's
+input shape and class count. ``+inspect.input_shape=[1,30,40] +inspect.num_classes=3`` sets them instead of loading the
 dataset, e.g. to try a conv stack on any image size. Every training run logs the same table as the
 artifact ``model_summary.txt`` and the total as the param ``model.n_params`` (:func:`log_model_summary`).
 """
@@ -21,6 +21,7 @@ from torchinfo.enums import Units
 
 from dlexp.config.build import build
 from dlexp.errors import DlexpError
+from dlexp.locations import CONF_DIR
 
 SUMMARY_FILE = "model_summary.txt"
 
@@ -78,7 +79,7 @@ def input_spec(cfg: DictConfig) -> tuple[tuple[int, ...], int]:
     return tuple(shape), classes
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         input_shape, num_classes = input_spec(cfg)
@@ -90,8 +91,14 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def cli(prog: str = "python -m dlexp.inspect") -> None:
+    """``dlexp inspect ...`` (see dlexp.__main__.SUBCOMMANDS) and ``python -m dlexp.inspect ...``: the
+    arguments are Hydra's (``prog`` is unused: Hydra names the app itself)."""
     # Inspecting writes nothing: no run folder, no .hydra/ copy of the config, no log file.
     sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
                  "hydra/hydra_logging=disabled"]
     main()
+
+
+if __name__ == "__main__":
+    cli()

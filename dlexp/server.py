@@ -1,4 +1,4 @@
-"""``python -m dlexp.server``: an MLflow tracking server over the project's store, on 127.0.0.1.
+"""``dlexp server`` (or ``python -m dlexp.server``): an MLflow tracking server over the project's store, on 127.0.0.1.
 
 The store and artifact folder come from the same config the runs use (conf/tracking/mlflow.yaml), so the
 server shows exactly what ``python -m dlexp`` logged. Runs elsewhere (other processes, cluster jobs) log
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dlexp import PROJECT_ROOT
+from dlexp.locations import CONF_DIR, PROJECT_ROOT
 
 LOOPBACK = "127.0.0.1"
 
@@ -28,7 +28,7 @@ def project_store() -> tuple[str, str]:
     """The backend store URI and artifact folder that conf/tracking/mlflow.yaml points runs at."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         tracking = compose(config_name="config").tracking
     return str(tracking.uri), str(Path(tracking.artifact_location).resolve())
 
@@ -84,8 +84,9 @@ def auth_environment(auth_db_uri: str, default_permission: str, environ: dict[st
     return env
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dlexp.server", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m dlexp.server") -> None:
+    """Parse ``argv`` (default: the command line) and replace this process with the MLflow server."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--host", default=LOOPBACK,
                         help="interface to listen on; anything but 127.0.0.1 exposes the (unauthenticated) "
@@ -117,5 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     os.execv(sys.executable, command)  # the server replaces this process: Ctrl-C stops it directly
 
 
+def cli(prog: str = "python -m dlexp.server") -> None:
+    """``dlexp server ...`` (see dlexp.__main__.SUBCOMMANDS) and ``python -m dlexp.server ...``."""
+    main(prog=prog)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -79,10 +79,10 @@ def test_code_hash_covers_every_source_file_committed_or_not(tmp_path):
     (package / "__pycache__" / "x.pyc").write_bytes(b"compiled")
     (package / "notes.txt").write_text("not code")
     assert tracking.code_hash.__wrapped__(package) == original
-    training = package / "training.py"
+    training = package / "training" / "loop.py"
     training.write_text(training.read_text().replace("patience", "patience ", 1))  # an uncommitted edit
     assert tracking.code_hash.__wrapped__(package) != original
-    training.write_text((ROOT / "dlexp" / "training.py").read_text())
+    training.write_text((ROOT / "dlexp" / "training" / "loop.py").read_text())
     (package / "data" / "extra.py").write_text("")  # a new module
     assert tracking.code_hash.__wrapped__(package) != original
 

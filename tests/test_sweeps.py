@@ -137,6 +137,9 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
         f"hydra.run.dir={tmp_path / 'run'}", *sqlite_store(tmp_path), timeout=180)
     assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert "stopped by SIGTERM" in stderr
+    line = "interrupted: stopped by SIGTERM; the MLflow run ended KILLED"  # once on the terminal, and in the log
+    assert stderr.count("interrupted:") == 1 and line in stderr
+    assert f"[dlexp][WARNING] - {line}" in (tmp_path / "run" / "dlexp.log").read_text()
 
     _, jobs, folds = runs_by_kind(client, "sigterm")
     assert len(jobs) == 1 and jobs[0].info.status == "KILLED"

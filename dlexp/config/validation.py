@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dlexp.errors import DlexpError
+from dlexp.reports.metric_names import SUMMARY_METRICS, unknown_metric
 
 
 def _is_int(value: Any) -> bool:
@@ -63,7 +64,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tracking.uri": ((lambda v: isinstance(v, str) and "://" in v or str(v).startswith("sqlite:")),
                      "a tracking URI such as sqlite:///ABS/PATH/mlflow.db or http://127.0.0.1:5000"),
     "tracking.experiment_name": ((lambda v: isinstance(v, str) and v.strip() != ""), "a non-empty name"),
-    "tracking.best_metric": ((lambda v: isinstance(v, str) and v.strip() != ""), "a summary metric's name"),
+    "tracking.best_metric": ((lambda v: v in SUMMARY_METRICS),
+                             f"a summary metric, one of {', '.join(SUMMARY_METRICS)}"),
     "tracking.best_metric_mode": ((lambda v: v in ("auto", "max", "min")),
                                   "auto (from the metric's name), max or min"),
 }
@@ -79,6 +81,8 @@ def validate_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is _ABSENT or (value is None and key in NULLABLE):
             continue
+        if key == "tracking.best_metric" and (complaint := unknown_metric(key, str(value))) is not None:
+            raise DlexpError(complaint)  # names the closest valid metric too
         if not ok(value):
             shown = OmegaConf.to_container(value) if isinstance(value, ListConfig | DictConfig) else value
             raise DlexpError(f"{key}={shown!r}: expected {allowed}")

@@ -26,7 +26,7 @@ class ImageSource:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.exists():
-            raise DlexpError(f"{self.path}: image folder or zip not found")
+            raise DlexpError(f"{self.path.absolute()}: image folder or zip not found")
         self.is_zip = self.path.is_file()
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid: int | None = None

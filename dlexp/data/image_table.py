@@ -64,7 +64,7 @@ def read_image_table(
     and ``row`` (the CSV line number, for error messages). Columns are found by name, in any order."""
     path = Path(csv_path)
     if not path.is_file():
-        raise DlexpError(f"{path}: CSV file not found")
+        raise DlexpError(f"{path.absolute()}: CSV file not found")
     try:
         frame = pd.read_csv(path, sep=separator(path), dtype=str, keep_default_na=False,
                             engine="python", encoding="utf-8-sig", skipinitialspace=True)
@@ -95,6 +95,6 @@ def read_image_table(
 def has_column(csv_path: Path, name: str) -> bool:
     """Whether the CSV's header has a column ``name`` (ignoring case), read without loading the rows."""
     if not csv_path.is_file():
-        raise DlexpError(f"{csv_path}: CSV file not found")
+        raise DlexpError(f"{Path(csv_path).absolute()}: CSV file not found")
     header = pd.read_csv(csv_path, sep=separator(csv_path), nrows=0, engine="python", encoding="utf-8-sig")
     return name.lower() in {str(c).strip().lower() for c in header.columns}

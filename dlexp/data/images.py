@@ -128,12 +128,7 @@ def load_image_data(
                          "dataset.images=PATH/Insects.zip")
     if split not in ("group", "row"):
         raise DlexpError(f"dataset.split={split!r}: expected group or row")
-    if not 0 < test_fraction < 1:
-        raise DlexpError(f"dataset.test_fraction={test_fraction}: expected a fraction between 0 and 1")
-    if len(image_size) != 2 or not all(isinstance(v, int) and v >= 1 for v in image_size):
-        raise DlexpError(f"dataset.image_size={list(image_size)}: expected [height, width] in pixels")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise DlexpError(f"dataset.num_workers={num_workers!r}: expected an integer >= 0")
+    check_image_options(test_fraction, image_size, num_workers)
     csv_path = Path(csv)
     has_group = bool(group_column) and has_column(csv_path, group_column)
     if split == "group" and group_column and not has_group and group_column != "sample":
@@ -152,6 +147,33 @@ def load_image_data(
     labels = np.asarray(dataset.targets)
     groups = np.asarray(dataset.groups) if has_group else None
     train_idx, test_idx = holdout_indices(labels, test_fraction, seed, groups if grouped else None)
+    return decoded_image_data(dataset, train_idx, test_idx, groups if grouped else None,
+                              group_column if has_group else None, image_size=image_size, num_workers=num_workers,
+                              cache_dir=cache_dir, mean=mean, std=std, augment=augment, name=name)
+
+
+def check_image_options(test_fraction: float | None, image_size: Sequence[int], num_workers: int) -> None:
+    """One line for a bad ``dataset.test_fraction`` (None: not used), ``image_size`` or ``num_workers``."""
+    if test_fraction is not None and not 0 < test_fraction < 1:
+        raise DlexpError(f"dataset.test_fraction={test_fraction}: expected a fraction between 0 and 1")
+    if len(image_size) != 2 or not all(isinstance(v, int) and v >= 1 for v in image_size):
+        raise DlexpError(f"dataset.image_size={list(image_size)}: expected [height, width] in pixels")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise DlexpError(f"dataset.num_workers={num_workers!r}: expected an integer >= 0")
+
+
+def decoded_image_data(dataset, train_idx: np.ndarray, test_idx: np.ndarray, groups: np.ndarray | None,
+                       group_column: str | None, *, image_size: Sequence[int], num_workers: int,
+                       cache_dir: str | None, mean: Sequence[float], std: Sequence[float], augment: dict | None,
+                       name: str) -> ImageData:
+    """Decode (or load from the cache) every image of ``dataset`` and split it into an :class:`ImageData`.
+
+    ``dataset`` is a :class:`CsvImageDataset` or one with the same ``targets``, ``classes``, ``filenames``,
+    ``source``, ``locations`` (dlexp.data.image_folder's); ``groups`` (one per image, or None) makes the
+    folds grouped; ``group_column`` names them in the split note.
+    """
+    labels = np.asarray(dataset.targets)
+    grouped = groups is not None
     size = tuple(image_size)
     try:
         augment_one = augmentation(size, **(augment or {}))
@@ -166,7 +188,7 @@ def load_image_data(
         class_names=list(dataset.classes), name=name,
         groups=groups[train_idx] if grouped else None,
         test_groups=groups[test_idx] if grouped else None,
-        group_column=group_column if has_group else None,
+        group_column=group_column,
         train_transform=BatchTransform(mean, std, augment_one),
         eval_transform=BatchTransform(mean, std),
         mean=tuple(mean), std=tuple(std),

@@ -63,7 +63,7 @@ def read_point_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise DlexpError(f"{path}: data file not found")
+        raise DlexpError(f"{path.absolute()}: data file not found")
     labels: list[float] = []
     rows: list[list[float]] = []
     width = None

@@ -4,6 +4,21 @@ Every ``dataset`` config's target returns one. ``PointData`` (point tables, gene
 ``ImageData`` (a CSV of images) both declare it as their base and implement every member, so the
 experiment asks the data instead of checking which kind it got: points simply have no groups, no
 transforms and nothing to say about their split.
+
+A dataset of one's own: a ``dataset`` config whose ``_target_`` (a function or class, called with the
+config's other keys) returns an ExperimentData. The easiest way is to return a
+:class:`dlexp.data.points.PointData` (any row shape, not only points) built from four tensors and the class
+names; it fills in the rest. :func:`dlexp.data.contract.check_data` checks what it returns as it loads:
+
+- ``x_train`` ``(N, *input_shape)`` and ``x_test`` ``(M, *input_shape)``: float32 values as the model takes
+  them (any unit; dlexp does not rescale), or e.g. uint8 images that the transforms turn into float32;
+  finite. ``x_train`` is split into the k folds (training and validation); ``x_test`` is only evaluated.
+- ``y_train`` ``(N,)`` and ``y_test`` ``(M,)``: ``torch.long`` class indices in ``[0, n_classes)``.
+- ``class_names``: ``n_classes >= 2`` names; index ``i`` is ``class_names[i]`` in plots and reports.
+- ``groups``: None, or one value per training row (a specimen, a patient, a recording): k-fold never puts
+  one group in two folds.
+- ``train_transform`` / ``eval_transform``: None, or a function of a batch ``(B, *input_shape)`` returning the
+  float32 batch the model sees, for training batches (augmentation) and for evaluation.
 """
 
 from __future__ import annotations

@@ -67,8 +67,12 @@ def torchvision_classifier(
 
     ``freeze=True`` trains only that new head (sensible with pretrained weights): see FrozenBackbone.
     """
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise DlexpError(f"model.name={name!r}: not a torchvision classification model")
+    if name not in (names := torchvision.models.list_models(module=torchvision.models)):
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=1)
+        raise DlexpError(f"model.name={name!r}: not a torchvision classification model; "
+                         f"{f'did you mean {close[0]}? ' if close else ''}expected one of {', '.join(names)}")
     if len(input_shape) != 3 or input_shape[0] != 3:
         raise DlexpError(f"model: {name} needs RGB (3, height, width) inputs, got shape {tuple(input_shape)}")
     if weights is not None:

@@ -48,7 +48,7 @@ class ConvNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
-            raise DlexpError(f"model: ConvNet needs (channels, height, width) inputs, got shape {input_shape}")
+            raise DlexpError(f"model: ConvNet needs (channels, height, width) inputs, got shape {tuple(input_shape)}")
         channels = check_widths("model.channels", channels)
         n = len(channels)
         kernels = _per_layer("model.kernel_sizes", kernel_sizes, n)

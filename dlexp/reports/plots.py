@@ -15,7 +15,10 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+from dlexp.notebook import in_notebook
+
+if not in_notebook():  # a notebook's inline backend draws with Agg too; replacing it would stop plt.show() there
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -9,7 +9,6 @@ way has none of them (its folder gets FAILED.txt instead).
 from __future__ import annotations
 
 import json
-import re
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from dlexp.reports import plots
 from dlexp.reports.summary import class_probabilities, summary_text
 from dlexp.tracking.background import Writer
+from dlexp.tracking.keys import mlflow_keys
 from dlexp.training.loop import FoldResult
 
 
@@ -44,9 +44,8 @@ def data_picture(writer: Writer, plot_dir: Path, data) -> Future:
                          f"{data.name}: training samples ({len(y)} images)")
 
 
-def metric_name(text: str) -> str:
-    """A class name as an MLflow metric key part (letters, digits, _ - . space and / only)."""
-    return re.sub(r"[^\w\-. /]", "_", text)
+#: Per-class test accuracies are logged as ``test_acc_class.<class name as a valid MLflow key>``.
+CLASS_METRIC_PREFIX = "test_acc_class."
 
 
 def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
@@ -64,7 +63,8 @@ def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
         writer.render("plot_per_class_accuracy", plot_dir / "per_class_accuracy.png", per_class,
                       data.class_names, title, here=here),
     ]
-    mlflow.log_metrics({f"test_acc_class.{metric_name(name)}": float(acc)
+    keys = mlflow_keys(data.class_names, CLASS_METRIC_PREFIX)  # the run logged their table as it started
+    mlflow.log_metrics({keys[name]: float(acc)
                         for name, acc in zip(data.class_names, per_class, strict=True) if not np.isnan(acc)})
     if data.grouped:
         mlflow.log_metric("test_acc_grouped", summary["test_acc"])

@@ -36,7 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import find_user_error
 from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
+from dlexp.logfile import report_end
+from dlexp.reports.metric_names import SUMMARY_METRICS
 from dlexp.sweeps.search.pruning import PRUNED_TAG
+from dlexp.sweeps.search.space import searched_params
 from dlexp.tracking.naming import SWEPT_KEYS_TAG, override_labels, short_overrides, sweep_run_name, swept_keys
 from dlexp.tracking.store import job_run
 from dlexp.tracking.where import sweep_report
@@ -58,7 +61,7 @@ def sweep_hash(config: DictConfig) -> str:
     identity = {
         "experiment": config.tracking.experiment_name,
         "overrides": sorted(OmegaConf.to_container(config.hydra.overrides.task)),
-        "search_space": OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params"),
+        "search_space": searched_params(config) or None,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -79,9 +82,12 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from dlexp.errors import DlexpError
+        from dlexp.reports.metric_names import unknown_metric
         from dlexp.tracking.store import higher_is_better
 
-        try:  # a bad mode would otherwise surface only when the jobs are done
+        try:  # a bad metric or mode would otherwise surface only when the jobs are done (or never)
+            if (complaint := unknown_metric("tracking.best_metric", str(config.tracking.best_metric))) is not None:
+                raise DlexpError(complaint)
             higher_is_better(str(config.tracking.best_metric), str(config.tracking.best_metric_mode))
         except DlexpError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -110,11 +116,15 @@ class SweepRun(Callback):
         """Create the store and the experiment if needed, and the sweep's run (or reopen the same sweep's)."""
         from mlflow.tracking import MlflowClient
 
+        from dlexp.config.paths import absolute_path, absolute_uri
         from dlexp.tracking.store import setup_experiment
 
         tracking = config.tracking
+        start = Path(str(config.hydra.runtime.cwd))  # where jobs read relative paths from (dlexp.config.paths)
+        uri = absolute_uri(str(tracking.uri), start)
+        artifacts = absolute_path(str(tracking.artifact_location), start) if tracking.artifact_location else None
         # Creating the store here, once, keeps parallel jobs from racing through its schema migrations.
-        experiment_id = setup_experiment(tracking.uri, tracking.experiment_name, tracking.artifact_location)
+        experiment_id = setup_experiment(uri, tracking.experiment_name, artifacts)
         client = MlflowClient()
         identity = sweep_hash(config)
         previous = client.search_runs(
@@ -122,7 +132,7 @@ class SweepRun(Callback):
             order_by=["attributes.start_time DESC"], max_results=1,
         ) if tracking.resume else []
         overrides = " ".join(config.hydra.overrides.task)
-        search_space = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("params") or {}
+        search_space = searched_params(config)
         self.swept = swept_keys(config.hydra.overrides.task, search_space)
         if previous:
             self.run_id = previous[0].info.run_id
@@ -136,7 +146,7 @@ class SweepRun(Callback):
         self.experiment_id = experiment_id
         self.best_metric = str(tracking.best_metric)
         self.best_metric_mode = str(tracking.best_metric_mode)
-        self.where = (str(tracking.uri), str(tracking.experiment_name))
+        self.where = (uri, str(tracking.experiment_name))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = self.finish(completed=True)
@@ -234,6 +244,11 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return [path.parent.parent for path in sweep_dir.rglob(".hydra/hydra.yaml")]
 
 
+#: The jobs table's own columns and the metrics a job's run has: no swept key's column may take their names.
+TAKEN_COLUMNS = frozenset(("job", "status", "reused", "name", "overrides", "run_id", "error", "jobs",
+                           "jobs_finished", "test_acc_grouped", *SUMMARY_METRICS))
+
+
 def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str] = ()) -> list[dict]:
     """One row per job: number, its value of each ``swept`` key (a column each, by short key: the UI's table
     cuts long cells), status, whether it reused an earlier run, name, overrides, run id, error, metrics.
@@ -248,7 +263,7 @@ def jobs_table(client, experiment_id: str, sweep_dir: Path, swept: Sequence[str]
         if not record and (run := job_run(client, experiment_id, folder)) is not None:
             record = {"run_id": run.info.run_id}
         task = list(hydra_cfg.overrides.task)
-        row = {"job": int(hydra_cfg.job.num), **short_overrides(task, swept), "status": "MISSING",
+        row = {"job": int(hydra_cfg.job.num), **short_overrides(task, swept, TAKEN_COLUMNS), "status": "MISSING",
                "reused": record.get("reused", False), "name": override_labels(task, swept or None),
                "overrides": " ".join(task), "run_id": record.get("run_id"), "error": record.get("error")}
         if row["run_id"]:
@@ -317,6 +332,12 @@ def log_jobs_table(client, run_id: str, rows: list[dict], metric: str, mode: str
     client.set_tag(run_id, "mlflow.note.content", note)
 
 
+def job_sweep_dir(hydra_cfg: DictConfig) -> Path:
+    """A job's sweep folder: a relative ``hydra.sweep.dir`` is from where the sweep started (``hydra.runtime.cwd``),
+    not from the job's own folder, which ``hydra.job.chdir=True`` makes the job's working directory."""
+    return Path(str(hydra_cfg.runtime.cwd)) / str(hydra_cfg.sweep.dir)
+
+
 @dataclass
 class SweepJob:
     """The job side of a tracked sweep: its parent run, its folder, and the record it leaves there."""
@@ -333,7 +354,7 @@ class SweepJob:
 
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return None
-        sweep_file = Path(str(hydra_cfg.sweep.dir)) / SWEEP_FILE
+        sweep_file = job_sweep_dir(hydra_cfg) / SWEEP_FILE
         if not sweep_file.exists():
             return None
         sweep = json.loads(sweep_file.read_text())
@@ -371,7 +392,7 @@ class SweepJob:
                 error = one_line(exc)
                 raise
             error = str(user_error)
-            print(f"[job {self.num}] error: {error}", file=sys.stderr)
+            report_end(f"[job {self.num}] error: {error}")  # on stderr and in the job's log file (dlexp.log)
             return math.nan
         finally:
             run_id = self.own_run_id(experiment_id)

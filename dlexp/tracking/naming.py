@@ -14,7 +14,7 @@ from here, so the sweep's process, its jobs and the jobs table agree.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 
 #: Override keys that say where or how a run is logged or shown, not what it trains.
@@ -45,21 +45,24 @@ def short_value(value: str) -> str:
     return value
 
 
-def short_keys(keys: Sequence[str]) -> dict[str, str]:
+def short_keys(keys: Sequence[str], taken: Collection[str] = ()) -> dict[str, str]:
     """Each dotted key by its last part (``optimizer.lr`` -> ``lr``), unless two keys share that part
-    (``dataset.seed`` and ``trainer.seed`` stay whole)."""
+    (``dataset.seed`` and ``trainer.seed`` stay whole) or it is ``taken`` (a column of its own)."""
     last = [key.rsplit(".", 1)[-1] for key in keys]
-    return {key: part if last.count(part) == 1 else key for key, part in zip(keys, last, strict=True)}
+    return {key: part if last.count(part) == 1 and part not in taken else key
+            for key, part in zip(keys, last, strict=True)}
 
 
-def short_overrides(overrides: Iterable[str], keys: Iterable[str] | None = None) -> dict[str, str]:
+def short_overrides(overrides: Iterable[str], keys: Iterable[str] | None = None,
+                    taken: Collection[str] = ()) -> dict[str, str]:
     """``{short key: short value}`` of the overrides, in their order; only ``keys`` if given, never the
-    logging ones (``tracking.*``). The jobs table's columns of swept values."""
+    logging ones (``tracking.*``). The jobs table's columns of swept values: a short key that is ``taken``
+    (the table's own columns, the metrics) stays whole, so a swept ``dataset.name`` never overwrites ``name``."""
     wanted = None if keys is None else set(keys)
     pairs = [split_override(o) for o in overrides]
     pairs = [(k, v) for k, v in pairs
              if not k.startswith(NOT_IN_NAMES) and (wanted is None or k in wanted)]
-    names = short_keys([k for k, _ in pairs])
+    names = short_keys([k for k, _ in pairs], taken)
     return {names[k]: short_value(v) for k, v in pairs}
 
 

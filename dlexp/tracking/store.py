@@ -28,8 +28,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from dlexp import PROJECT_ROOT
 from dlexp.errors import DlexpError
+from dlexp.locations import CHECKOUT
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
@@ -57,7 +57,14 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
 
     ``artifact_location`` is used only when a local store creates the experiment; a server keeps the
     artifacts itself (``mlflow-artifacts:/``), so jobs on other machines can log them too.
+    Raises :class:`DlexpError` (one line saying what to do, dlexp.tracking.refusals) for every refusal of the
+    store: no server, a deleted experiment, a schema of another MLflow version, a read-only store or an
+    artifact folder that cannot be written.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from dlexp.tracking.refusals import refusal
+
     database = sqlite_path(uri)
     if database is not None:
         try:
@@ -67,6 +74,24 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
     server = uri.startswith(("http://", "https://"))
     if server:
         check_server(uri)
+    try:
+        experiment_id = find_or_create_experiment(uri, database, experiment_name, artifact_location, server)
+        mlflow.set_experiment(experiment_id=experiment_id)
+    except (mlflow.exceptions.MlflowException, SQLAlchemyError, OSError) as error:
+        # Every refusal MLflow has for a run's setup (deleted experiment, schema of another version, read-only
+        # store, unwritable artifacts) is the user's to fix: one line with what to do, not a traceback.
+        raise refusal(uri, experiment_name, error) from error
+    return experiment_id
+
+
+def find_or_create_experiment(uri: str, database: Path | None, experiment_name: str,
+                              artifact_location: str | None, server: bool) -> str:
+    """The id of ``experiment_name`` in the store at ``uri`` (created if missing), checked to take runs: not
+    deleted, its local artifact folder writable. Raises :class:`DlexpError` saying what to do otherwise."""
+    from dlexp.tracking.refusals import check_artifact_folder, check_store_writable, deleted_experiment
+
+    if database is not None:
+        check_store_writable(uri, database)
     with first_use_lock(database):
         if database is not None:
             use_write_ahead_log(uri, database)
@@ -74,17 +99,26 @@ def setup_experiment(uri: str, experiment_name: str, artifact_location: str | No
         experiment = mlflow.get_experiment_by_name(experiment_name)  # MLflow creates the schema here
         if experiment is None:
             location = Path(artifact_location).resolve().as_uri() if artifact_location and not server else None
+            if location:
+                check_artifact_folder(location, f"tracking.artifact_location={artifact_location}")
             try:
                 experiment_id = mlflow.create_experiment(experiment_name, artifact_location=location,
                                                          tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except mlflow.exceptions.MlflowException:
                 # Another job of a parallel sweep created it first.
-                experiment_id = mlflow.get_experiment_by_name(experiment_name).experiment_id
+                experiment = mlflow.get_experiment_by_name(experiment_name)
+                if experiment is None:
+                    raise
+                experiment_id = experiment.experiment_id
         else:
             experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage != "active":
+                raise deleted_experiment(uri, experiment_name, experiment_id)
+            if not server:
+                check_artifact_folder(experiment.artifact_location,
+                                      f"experiment '{experiment_name}' (artifacts at {experiment.artifact_location})")
             if kind_is_unset(experiment.tags.get(EXPERIMENT_KIND_TAG)):
                 MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
 
@@ -278,9 +312,12 @@ def flatten(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> dict[st
 
 
 def git_commit() -> str | None:
-    """The project's current commit, or None outside a git checkout."""
+    """The project's current commit, or None outside a git checkout (and for an installed wheel, whose code is
+    not the commit of the folder it runs in)."""
+    if CHECKOUT is None:
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CHECKOUT, capture_output=True,
                              text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -301,7 +338,12 @@ def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | No
     (in the job's run folder) gets the status and the error when the run does not finish, so the folder
     says so too.
     """
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags or {}))
+    try:
+        run = mlflow.start_run(run_name=run_name, nested=nested, tags=dict(tags or {}))
+    except mlflow.exceptions.MlflowException as error:  # e.g. the store turned read-only since the setup
+        from dlexp.tracking.refusals import refusal
+
+        raise refusal(mlflow.get_tracking_uri(), "(the active one)", error) from error
     try:
         yield run
     except BaseException as error:

@@ -81,6 +81,8 @@ def sweep_report(sweep_dir: Path, run, experiment_name: str, uri: str, rows: lis
     if best is not None:
         lines.append(f"  best job:     #{best['job']} '{best['name']}': {metric} = {best[metric]:.4f} "
                      f"(MLflow run {best['run_id']})")
+    else:  # said, not left out: a missing line reads as if nothing went wrong
+        lines.append(f"  best job:     none (no FINISHED job has a value of {metric})")
     return "\n".join([*lines, *open_lines(uri, run.info.experiment_id, run.info.run_id, width=14)])
 
 

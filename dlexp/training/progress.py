@@ -1,9 +1,9 @@
 """Progress of the long steps in the terminal: decoding images, each fold's epochs, batched folds.
 
-On a terminal (stderr is a TTY) a tqdm bar that disappears when its step ends, so the lines a run prints
-stay the same; elsewhere (CI, SLURM log files) a plain log line every ``LOG_SECONDS`` instead of bar
-redraws. ``trainer.progress=false`` turns both off. Training pays one clock read per epoch and fold; the
-bar is redrawn at most every ``REDRAW_SECONDS``.
+On a terminal (stderr is a TTY) or in Jupyter a tqdm bar (tqdm.auto: a widget in a notebook) that
+disappears when its step ends, so the lines a run prints stay the same; elsewhere (CI, SLURM log files) a
+plain log line every ``LOG_SECONDS`` instead of bar redraws. ``trainer.progress=false`` turns both off.
+Training pays one clock read per epoch and fold; the bar is redrawn at most every ``REDRAW_SECONDS``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 
+from dlexp.notebook import in_notebook
 from dlexp.training.loop import FoldResult, TrainingHooks
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def configure(enabled: bool) -> None:
 
 
 def on_terminal() -> bool:
-    return sys.stderr.isatty()
+    """A terminal (stderr is a TTY), or a Jupyter kernel: where a bar can redraw itself."""
+    return sys.stderr.isatty() or in_notebook()
 
 
 class _Reporter:
@@ -41,7 +43,7 @@ class _Reporter:
         self.bar = None
         self.last = time.monotonic()
         if on_terminal():
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # in Jupyter the notebook's widget bar, else tqdm's text bar
 
             self.bar = tqdm(total=total, desc=description, unit=unit, leave=False, file=sys.stderr,
                             dynamic_ncols=True, mininterval=REDRAW_SECONDS)

@@ -4,8 +4,9 @@ Hydra instantiates only plugin classes defined under the ``hydra_plugins`` names
 that conf/hydra/launcher/slurm.yaml names lives here; the code is in dlexp/sweeps/slurm.py.
 """
 
-from dlexp.sweeps.slurm import SlurmLauncher as _DlexpSlurmLauncher
+# The module, not its class: Hydra's plugin scan lists every plugin class a module's namespace holds.
+from dlexp.sweeps import slurm
 
 
-class SlurmLauncher(_DlexpSlurmLauncher):
+class SlurmLauncher(slurm.SlurmLauncher):
     """Hydra's submitit SLURM launcher that survives cluster faults (see dlexp.sweeps.slurm)."""

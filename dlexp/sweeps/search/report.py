@@ -25,9 +25,21 @@ RESULTS_FILE = "optimization_results.yaml"
 TRIALS_FILE = "search_trials.csv"
 
 
-def best_command(space: SearchSpace, params: dict) -> str:
-    """The one command that trains the best trial's configuration again, as a single run."""
-    return shlex.join(["python", "-m", "dlexp", *space.overrides(params)])
+def best_command(space: SearchSpace, params: dict, config: DictConfig | None = None) -> str:
+    """The one command that trains the best trial's configuration again, as a single run (with the
+    ``--config-dir`` of the search, so a project's own configs are found again)."""
+    sources = OmegaConf.select(config, "hydra.runtime.config_sources", default=None) if config is not None else None
+    dirs = [str(source.path) for source in sources or [] if source.provider == "command-line"]
+    config_dirs = [part for path in dirs for part in ("--config-dir", shown_path(path))]
+    return shlex.join(["python", "-m", "dlexp", *config_dirs, *space.overrides(params)])
+
+
+def shown_path(path: str) -> str:
+    """``path`` relative to the current folder when it is inside it, else as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
 
 
 def report_search(study, storage_url: str, space: SearchSpace, sweep_dir: Path, config: DictConfig) -> None:
@@ -46,7 +58,7 @@ def report_search(study, storage_url: str, space: SearchSpace, sweep_dir: Path, 
         best = study.best_trial
         results.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params),
                        best_run_id=best.user_attrs.get("dlexp.run_id"),
-                       best_command=best_command(space, best.params))
+                       best_command=best_command(space, best.params, config))
         log.info("best trial %d: %s = %.4f; rerun it with:\n%s", best.number, config.tracking.best_metric,
                  best.value, results["best_command"])
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +127,9 @@ def log_on_sweep_run(sweep_dir: Path, config: DictConfig, results: dict, picture
     if not (sweep_dir / SWEEP_FILE).exists():
         return
     run_id = json.loads((sweep_dir / SWEEP_FILE).read_text())["run_id"]
-    client = MlflowClient(tracking_uri=str(config.tracking.uri))
+    from dlexp.config.paths import absolute_uri
+
+    client = MlflowClient(tracking_uri=absolute_uri(str(config.tracking.uri), Path(str(config.hydra.runtime.cwd))))
     for picture in pictures:
         client.log_artifact(run_id, str(picture), "search")
     for name in (RESULTS_FILE, TRIALS_FILE):

@@ -5,18 +5,27 @@ a log scale; ``choice(a, b, ...)`` and ``range(a, b)`` are categorical (``range`
 in Hydra's basic sweeper). Choices that are not plain values (``[64,32]``) are kept as their override text.
 A range on the command line replaces the config's ``params`` for the same key; overrides that are not
 ranges are fixed for every trial.
+
+Which space is searched (:func:`space_params`): the user's, when ``hydra.sweeper.params`` (e.g. from an
+``hparams_search/*.yaml`` config) or the command line gives any range; only otherwise the sweeper's
+``ready_params``, without the keys the composed config does not have (the MLP's widths on a ResNet).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import DlexpError
+
+log = logging.getLogger(__name__)
+_ABSENT = object()
 
 
 @dataclass
@@ -32,6 +41,46 @@ class SearchSpace:
         searched = [f"{key}={value if key in self.as_text else Override._get_value_element_as_str(value)}"
                     for key, value in params.items()]
         return [*self.fixed, *searched]
+
+
+def space_params(params: dict[str, str] | None, ready: dict[str, str] | None, arguments: list[str],
+                 config: DictConfig | None) -> tuple[dict[str, str], list[str]]:
+    """The ``key: range`` pairs to search besides the command line's, and the ready keys left out.
+
+    ``params`` (the user's) when they or ``arguments`` hold a range: then they are the whole space. Else
+    ``ready`` without the keys ``config`` (the composed config) lacks; those are returned as left out.
+    """
+    if params or any(o.is_sweep_override() for o in _parse(arguments)):
+        return dict(params or {}), []
+    kept = {k: v for k, v in (ready or {}).items()
+            if config is None or OmegaConf.select(config, k, default=_ABSENT) is not _ABSENT}
+    return kept, [k for k in (ready or {}) if k not in kept]
+
+
+def searched_params(config: DictConfig) -> dict[str, str]:
+    """The ``key: range`` pairs a sweep's config searches besides its command line (any sweeper's
+    ``hydra.sweeper.params``; the search's fitted ready space when the user gives none)."""
+    sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+    params, _ = space_params(sweeper.get("params"), sweeper.get("ready_params"),
+                             list(config.hydra.overrides.task), config)
+    return params
+
+
+def ready_space_note(left_out: list[str], kept: dict[str, str], config: DictConfig | None) -> str | None:
+    """One line on the ready keys a model cannot take, or None when all fit."""
+    if not left_out:
+        return None
+    target = OmegaConf.select(config, "model._target_", default="?") if config is not None else "?"
+    return (f"the ready search space cannot search {', '.join(left_out)}: not keys of this config (model "
+            f"{target}); searching {', '.join(kept) or 'nothing'}. Give your own space with ranges on the command "
+            "line or hydra.sweeper.params (e.g. an hparams_search config)")
+
+
+def _parse(arguments: list[str]) -> list[Override]:
+    try:
+        return OverridesParser.create().parse_overrides(arguments)
+    except HydraException as error:
+        raise DlexpError(f"hydra.sweeper.params: {str(error).splitlines()[0]}") from None
 
 
 def parse_search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchSpace:

@@ -22,7 +22,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import DlexpError
-from dlexp.sweeps.search.space import SearchSpace, parse_search_space
+from dlexp.sweeps.search.space import SearchSpace, parse_search_space, ready_space_note, space_params
 from dlexp.sweeps.search.study import INTERRUPTED_ATTR, default_storage, hide_password, open_storage, write_handoff
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,18 @@ class SearchSweeperImpl(Sweeper):
     """``hydra.sweeper`` settings are documented in conf/hydra/sweeper/search.yaml."""
 
     def __init__(self, n_trials: int = 20, n_jobs: int = 1, params: DictConfig | None = None,
+                 ready_params: DictConfig | None = None,
                  sampler: DictConfig | None = None, pruner: DictConfig | str | None = "median",
                  report_every: int = 10, max_failures: int | None = None, storage: str | None = None,
                  study_name: str | None = None) -> None:
         self.n_trials, self.n_jobs, self.report_every, self.max_failures = n_trials, n_jobs, report_every, max_failures
         self.params = OmegaConf.to_container(params) if params is not None else {}
+        self.ready_params = OmegaConf.to_container(ready_params) if ready_params is not None else {}
         self.sampler_config, self.pruner_config = sampler, pruner
         self.storage_url, self.study_name = storage, study_name
         self.config: DictConfig | None = None
         self.launcher = None
+        self.asked: list[int] = []  # the numbers of the trials this run of the search asked for
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -62,7 +65,10 @@ class SearchSweeperImpl(Sweeper):
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         try:
             self.check_settings()
-            space = parse_search_space(self.params, arguments)
+            params, left_out = space_params(self.params, self.ready_params, arguments, self.config)
+            if note := ready_space_note(left_out, params, self.config):
+                log.warning("%s", note)
+            space = parse_search_space(params, arguments)
             if not space.distributions:
                 raise DlexpError("hydra.sweeper.params: nothing to search; give ranges such as "
                                  "'optimizer.lr=tag(log, interval(0.0001, 0.1))'")
@@ -76,6 +82,10 @@ class SearchSweeperImpl(Sweeper):
         from dlexp.sweeps.search.report import report_search
 
         report_search(study, self.storage_url, space, self.sweep_dir, self.config)
+        if (failure := all_failed(study, self.asked)) is not None:
+            # Never a success: the sweep's run ends FAILED (SweepRun's exit handler) and the command exits 2.
+            print(f"error: {failure}", file=sys.stderr)
+            sys.exit(2)
         return returns
 
     @property
@@ -112,7 +122,12 @@ class SearchSweeperImpl(Sweeper):
         tracking = self.config.tracking
         direction = "maximize" if higher_is_better(str(tracking.best_metric),
                                                    str(tracking.get("best_metric_mode", "auto"))) else "minimize"
-        self.storage_url = str(self.storage_url or default_storage(str(tracking.uri)))
+        from dlexp.config.paths import absolute_uri
+
+        # Absolute, as jobs open it from their own folders (hydra.job.chdir=True runs them in their run folders).
+        start = Path(str(self.config.hydra.runtime.cwd))
+        default = default_storage(absolute_uri(str(tracking.uri), start))
+        self.storage_url = absolute_uri(str(self.storage_url or default), start)
         name = self.study_name or f"{tracking.experiment_name}-{sweep_hash(self.config)[:16]}"
         if not tracking.resume and not self.study_name:
             name += time.strftime("-%Y%m%d-%H%M%S")  # tracking.resume=false: a new study, as a new sweep run
@@ -180,6 +195,7 @@ class SearchSweeperImpl(Sweeper):
             batch = []
             try:
                 batch = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
+                self.asked.extend(trial.number for trial in batch)
                 first_job = batch[0].number
                 for offset, trial in enumerate(batch):
                     handoff["trials"][str(first_job + offset)] = trial.number
@@ -196,6 +212,20 @@ class SearchSweeperImpl(Sweeper):
                 raise
             returns.extend(results)
         return returns
+
+
+def all_failed(study, numbers: list[int]) -> str | None:
+    """The complaint when every one of trials ``numbers`` (those one run of the search asked) FAILed, else None
+    (also when it asked none: a resumed search with nothing left to do)."""
+    from optuna.trial import TrialState
+
+    trials = [trial for trial in study.get_trials(deepcopy=False) if trial.number in set(numbers)]
+    if not trials or any(trial.state != TrialState.FAIL for trial in trials):
+        return None
+    first = trials[0]
+    reason = first.user_attrs.get(ERROR_ATTR) or first.user_attrs.get(INTERRUPTED_ATTR) or "no reason recorded"
+    return (f"search: all {len(trials)} trials failed, so it has no result (trial {first.number}: {reason}); "
+            "see search_trials.csv in the sweep folder")
 
 
 def tell(study, trial, result: JobReturn, job: int) -> None:
