@@ -61,6 +61,7 @@ def test_parallel_sweep_of_4_jobs_on_2_workers_logs_into_one_store_under_one_swe
     assert (tmp_path / "sweep" / "sweep_jobs.csv").read_text().count("FINISHED") == 4
 
 
+@pytest.mark.full  # two whole dlexp processes at once, ~28 s of CPU
 def test_two_runs_started_together_on_a_new_store_both_finish(tmp_path):
     # Without the lock beside the store, one of the two dies in MLflow's schema creation (seen 3 times
     # out of 3: "duplicate column name").
