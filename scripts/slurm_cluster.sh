@@ -4,24 +4,28 @@
 #   scripts/slurm_cluster.sh start    # install what is missing, write the configs, start the daemons
 #   scripts/slurm_cluster.sh status   # sinfo
 #   scripts/slurm_cluster.sh stop     # stop the daemons by their process ids, remove /etc/slurm/slurm.conf
+#   scripts/slurm_cluster.sh dir      # print the folder holding its configs, logs and databases
 #
 # Debian's SLURM (22.05) without systemd or cgroups: munge (authentication), MariaDB + slurmdbd (accounting:
 # submitit polls `sacct`, and without it a job that dies silently is never reported), slurmctld and one
 # slurmd named `localhost` (so the machine's hostname does not matter), one partition `debug`.
-# Everything the daemons write goes into $DLEXP_SERVICES_DIR/slurm (default: .services/slurm in the
-# repository, git-ignored). Client commands (sbatch, sacct, scancel) read /etc/slurm/slurm.conf, which
-# becomes a link to our config while the cluster runs; a slurm.conf that is not ours is never touched.
-# Needs root (daemons, apt-get). Not for a real cluster: SlurmUser=root, one node, no cgroups.
+# Everything the daemons write goes into one folder per checkout (`scripts/slurm_cluster.sh dir` prints it):
+# /var/lib/dlexp/CHECKOUT-HASH/slurm, or $DLEXP_SERVICES_DIR/slurm (scripts/service_state.sh: MariaDB runs as
+# `mysql`, who cannot enter a checkout in a private folder). Client commands (sbatch, sacct, scancel) read
+# /etc/slurm/slurm.conf, which becomes a link to our config while the cluster runs; a slurm.conf that is not
+# ours is never touched. Needs root (daemons, apt-get). Not for a real cluster: SlurmUser=root, one node, no
+# cgroups. A start that fails says why in its last line.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-STATE="${DLEXP_SERVICES_DIR:-$ROOT/.services}/slurm"
+say() { echo "slurm_cluster: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+# shellcheck source=scripts/service_state.sh
+. "$ROOT/scripts/service_state.sh"
+STATE="$(state_dir slurm)"
 ETC_CONF=/etc/slurm/slurm.conf
 MARIADB_PORT="${DLEXP_MARIADB_PORT:-6820}"
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
-
-say() { echo "slurm_cluster: $*" >&2; }
-die() { say "error: $*"; exit 1; }
 
 install_missing() {
     local missing=()
@@ -52,16 +56,19 @@ start_munge() {
     alive /run/munge/munged.pid && return
     [ -s /etc/munge/munge.key ] || runuser -u munge -- /usr/sbin/mungekey --create
     runuser -u munge -- /usr/sbin/munged
+    touch "$STATE/munged.ours"  # munged serves the whole machine: stop stops it only if this checkout started it
     wait_for "munge -n | unmunge" 10 || die "munged did not start"
 }
 
 start_mariadb() {
     local data="$STATE/mariadb" run="$STATE/mariadb-run"  # both written by MariaDB's own user
-    mkdir -p "$run" && chown mysql:mysql "$run"
+    make_open_dir "$run" && chown mysql:mysql "$run"
+    require_writable_by mysql "$run" MariaDB
     if [ ! -d "$data/mysql" ]; then
-        mkdir -p "$data" && chown mysql:mysql "$data"
+        make_open_dir "$data" && chown mysql:mysql "$data"
         mariadb-install-db --user=mysql --datadir="$data" --auth-root-authentication-method=socket \
-            --skip-test-db >"$STATE/mariadb-install.log" 2>&1 || die "mariadb-install-db failed: $STATE/mariadb-install.log"
+            --skip-test-db >"$STATE/mariadb-install.log" 2>&1 \
+            || die "mariadb-install-db failed: $(log_cause "$STATE/mariadb-install.log") (log: $STATE/mariadb-install.log)"
     fi
     alive "$run/mariadb.pid" || {
         mariadbd --no-defaults --user=mysql --datadir="$data" --socket="$run/mariadb.sock" \
@@ -69,7 +76,8 @@ start_mariadb() {
             --log-error="$run/mariadb.log" --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
         disown
     }
-    wait_for "mariadb --socket='$run/mariadb.sock' -u root -e 'select 1'" 60 || die "MariaDB did not start: $run/mariadb.log"
+    wait_for "mariadb --socket='$run/mariadb.sock' -u root -e 'select 1'" 60 \
+        || die "MariaDB did not start: $(log_cause "$run/mariadb.log") (log: $run/mariadb.log)"
     mariadb --socket="$run/mariadb.sock" -u root -e "
         CREATE DATABASE IF NOT EXISTS slurm_acct_db;
         CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$(cat "$STATE/db_password")';
@@ -77,7 +85,7 @@ start_mariadb() {
 }
 
 write_configs() {
-    mkdir -p "$STATE/ctld" "$STATE/spool"
+    make_open_dir "$STATE/ctld" && make_open_dir "$STATE/spool"
     [ -s "$STATE/db_password" ] || (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$STATE/db_password")
     local cpus memory
     cpus=$(nproc)
@@ -138,13 +146,14 @@ start() {
     local started=$SECONDS
     install_missing
     [ "$(id -u)" -eq 0 ] || die "the daemons need root"
-    mkdir -p "$STATE"
+    make_open_dir "$STATE"
     write_configs
     start_munge
     start_mariadb
     export SLURM_CONF="$STATE/slurm.conf"  # the daemons find slurmdbd.conf beside it
     alive "$STATE/slurmdbd.pid" || slurmdbd
-    wait_for "sacctmgr -n list cluster" 30 || die "slurmdbd did not start: $STATE/slurmdbd.log"
+    wait_for "sacctmgr -n list cluster" 30 \
+        || die "slurmdbd did not start: $(log_cause "$STATE/slurmdbd.log") (log: $STATE/slurmdbd.log)"
     sacctmgr -i add cluster dlexp >/dev/null 2>&1 || true
     alive "$STATE/slurmctld.pid" || slurmctld
     alive "$STATE/slurmd.pid" || slurmd -N localhost
@@ -152,8 +161,10 @@ start() {
     say "one-node cluster up in $((SECONDS - started)) s (partition debug); stop it with $0 stop"
 }
 
+stopped=0
 stop_pid_file() {  # TERM the daemon in pid file $1, then KILL it after 10 s
     alive "$1" || { rm -f "$1"; return 0; }
+    stopped=$((stopped + 1))
     local pid deadline=$((SECONDS + 10))
     pid=$(cat "$1")
     kill "$pid"
@@ -169,14 +180,18 @@ stop() {
         stop_pid_file "$STATE/$daemon.pid"
     done
     stop_pid_file "$STATE/mariadb-run/mariadb.pid"
-    stop_pid_file /run/munge/munged.pid
-    [ "$(readlink "$ETC_CONF" 2>/dev/null)" = "$STATE/slurm.conf" ] && rm -f "$ETC_CONF"
-    say "stopped"
+    if [ -e "$STATE/munged.ours" ]; then
+        stop_pid_file /run/munge/munged.pid
+        rm -f "$STATE/munged.ours"
+    fi
+    if [ "$(readlink "$ETC_CONF" 2>/dev/null)" = "$STATE/slurm.conf" ]; then rm -f "$ETC_CONF"; fi
+    if [ "$stopped" -gt 0 ]; then say "stopped"; else say "not running (state: $STATE)"; fi
 }
 
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) sinfo ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    dir) echo "$STATE" ;;
+    *) echo "usage: $0 start|stop|status|dir" >&2; exit 2 ;;
 esac

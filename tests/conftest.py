@@ -47,6 +47,21 @@ def postgres_admin_uri():
         yield uri
 
 
+#: Processes for the whole suite (pytest-xdist): the fast tier is many small independent tests.
+WHOLE_SUITE_WORKERS = 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """``python -m pytest`` without paths (the README's command, .ci/run) runs on WHOLE_SUITE_WORKERS
+    processes; a run of chosen files or tests stays in one process (no workers to start), and ``-n N`` on the
+    command line always wins. Runs before pytest-xdist's own hook, which turns ``numprocesses`` into workers."""
+    if (config.args_source == pytest.Config.ArgsSource.TESTPATHS and config.pluginmanager.hasplugin("xdist")
+            and not hasattr(config, "workerinput") and config.getoption("numprocesses", None) is None
+            and not config.getoption("collectonly") and not config.getoption("usepdb")):
+        config.option.numprocesses = WHOLE_SUITE_WORKERS
+
+
 #: Under this variable (set by .ci/run, which starts the services) a skipped test that needs them fails.
 REQUIRE_SERVICES = "DLEXP_REQUIRE_SERVICES"
 SERVICE_MARKERS = ("cluster", "postgres", "browser")

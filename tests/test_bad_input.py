@@ -20,6 +20,30 @@ def run_dlexp(args, cwd=PROJECT_ROOT):
                           env=env, timeout=300)
 
 
+def run_dlexp_in_this_process(args, monkeypatch, capsys):
+    """``python -m dlexp ARGS`` as Python runs it (``runpy`` with ``__name__ == "__main__"``), in this process:
+    the same code path and exit code as run_dlexp without a new interpreter's ~4 s of imports, for the many
+    mistakes that end before training. The path from a fresh process is run_dlexp's (the other tests here)."""
+    import gc
+    import runpy
+
+    monkeypatch.chdir(PROJECT_ROOT)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setattr(sys, "argv", ["dlexp", *args])
+    monkeypatch.delitem(sys.modules, "dlexp.__main__", raising=False)  # runpy runs it afresh, as a new process
+    thresholds = gc.get_threshold()
+    code = 0
+    try:
+        runpy.run_module("dlexp", run_name="__main__", alter_sys=True)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        gc.unfreeze()  # what dlexp's __main__ does for a process about to end
+        gc.set_threshold(*thresholds)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["dlexp", *args], code, captured.out, captured.err)
+
+
 def free_port() -> int:
     """A loopback port nothing listens on."""
     import socket
@@ -95,9 +119,9 @@ CASES = [
 
 @pytest.mark.parametrize(("make_overrides", "expected", "code"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_error(tmp_path, store, make_overrides, expected, code):
-    result = run_dlexp([*SPIRAL, *store["overrides"], *make_overrides(tmp_path),
-                        f"hydra.run.dir={tmp_path / 'run'}"])
+def test_bad_input_is_one_clear_error(tmp_path, store, make_overrides, expected, code, monkeypatch, capsys):
+    result = run_dlexp_in_this_process([*SPIRAL, *store["overrides"], *make_overrides(tmp_path),
+                                        f"hydra.run.dir={tmp_path / 'run'}"], monkeypatch, capsys)
     output = result.stdout + result.stderr
     assert result.returncode == code, output
     assert expected in output
@@ -220,6 +244,8 @@ def test_bad_image_input_is_one_clear_error(tmp_path, store, make_overrides, cul
     assert experiment is None or not store["client"].search_runs([experiment.experiment_id])
 
 
+# The conversion itself is in the fast tier: tests/test_images.py::test_dataset_returns_full_images_and_species_names
+@pytest.mark.full  # a whole image run, ~20 s of CPU
 def test_grayscale_cmyk_rgba_and_16_bit_images_are_converted_not_rejected(tmp_path, store):
     rows = write_bees(tmp_path / "imgs", modes=("L", "CMYK", "RGBA", "I;16"))
     result = run_dlexp([*IMAGE_RUN, *store["overrides"], f"dataset.csv={write_csv(tmp_path / 'b.csv', rows)}",

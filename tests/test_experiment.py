@@ -134,6 +134,7 @@ def run_cli(*args, cwd=PROJECT_ROOT):
                           env=env, timeout=600)
 
 
+@pytest.mark.full
 def test_multirun_gives_one_run_per_job(store, tmp_path):
     result = run_cli("-m", "+experiment=spiral", *QUICK, *store["overrides"], "optimizer.lr=0.01,0.001",
                      f"hydra.sweep.dir={tmp_path / 'sweep'}")

@@ -53,6 +53,7 @@ def test_every_epoch_once_with_many_flushes(store, tmp_path, monkeypatch):
         assert run.data.metrics["test_acc"] == pytest.approx(summary["fold_test_acc"][fold])
 
 
+@pytest.mark.full
 def test_a_running_fold_already_has_its_epochs_in_the_store(store, tmp_path):
     """A fold that trains for minutes: its run is RUNNING with per-epoch metrics, the job names it running."""
     command = [sys.executable, "-m", "dlexp", "+experiment=spiral", "trainer.strategy=sequential",
@@ -132,6 +133,7 @@ def test_interrupted_batched_training_keeps_the_folds_that_stopped(store, tmp_pa
     assert (tmp_path / "out" / "FAILED.txt").is_file()
 
 
+@pytest.mark.full
 def test_interrupt_while_pictures_are_pending_leaves_the_run_killed_and_nothing_half_written(store, tmp_path):
     """Huge decision-boundary grids keep the picture process busy after training; SIGTERM then."""
     run_dir = tmp_path / "run"

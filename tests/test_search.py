@@ -51,6 +51,7 @@ def test_search_space_from_config_and_command_line():
         "trainer.seed=3"]
 
 
+@pytest.mark.full
 def test_diverging_trial_fails_alone_and_the_search_goes_on(tmp_path):
     # The command: the lr=1e20 trial diverges; hydra-optuna-sweeper died there with Optuna's
     # "Values were told..." traceback after 2 of 4 trials, leaving no results file. The command line's ranges are
@@ -106,6 +107,7 @@ def test_diverging_trial_fails_alone_and_the_search_goes_on(tmp_path):
     assert "val_acc_mean" in (tmp_path / "rerun" / "summary.json").read_text()
 
 
+@pytest.mark.full
 def test_max_failures_stops_a_hopeless_search_with_one_line(tmp_path):
     result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1",
                        "hydra.sweeper.max_failures=1", *TINY, "optimizer.lr=choice(1e20)",
@@ -128,6 +130,7 @@ def count_done(tmp_path) -> int:
     return sum(t.state == TrialState.COMPLETE for t in study.get_trials())
 
 
+@pytest.mark.full
 def test_sigterm_then_the_same_command_continues_the_same_study(tmp_path):
     command = [*SEARCH, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=none", *TINY,
                "trainer.max_epochs=8", "tracking.experiment_name=resume_search", *sqlite_store(tmp_path)]
@@ -163,6 +166,7 @@ def test_sigterm_then_the_same_command_continues_the_same_study(tmp_path):
         assert {t.number: t for t in counted}[number].user_attrs["dlexp.run_id"] == run_id
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("strategy", ["sequential", "batched"])
 def test_hopeless_trials_are_pruned_in_the_study_and_in_mlflow(tmp_path, strategy):
     # Only the learning rate is searched; with the sampler's seed 2 the trials draw lr 0.01, 0.01, 0.01, 1e-5.
@@ -205,6 +209,7 @@ def test_hopeless_trials_are_pruned_in_the_study_and_in_mlflow(tmp_path, strateg
     assert f"{len(pruned)} PRUNED" in sweeps[0].data.tags["mlflow.note.content"]
 
 
+@pytest.mark.full
 def test_a_search_on_a_loss_minimises_it(tmp_path):
     result = run_dlexp(*SEARCH, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=none",
                        *TINY, "tracking.best_metric=best_val_loss", "tracking.experiment_name=loss",
@@ -222,6 +227,7 @@ def test_a_search_on_a_loss_minimises_it(tmp_path):
     assert study.best_value == pytest.approx(best.data.metrics["best_val_loss"])
 
 
+@pytest.mark.full
 def test_parallel_trials_report_to_the_study_from_their_worker_processes(tmp_path):
     result = run_dlexp(*SEARCH, "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=4",
                        "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.n_startup_trials=2", *TINY,

@@ -12,6 +12,8 @@ import pytest
 from service_support import mlflow_server
 from sweep_support import TINY, run_dlexp
 
+pytestmark = pytest.mark.full  # an MLflow server process, and a submitit sweep through it
+
 
 def rest(url: str, path: str, body: dict | None = None, **query) -> dict:
     """GET (or POST ``body``) one MLflow REST endpoint, the JSON answer decoded."""

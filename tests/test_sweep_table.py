@@ -87,6 +87,7 @@ def test_code_hash_covers_every_source_file_committed_or_not(tmp_path):
     assert tracking.code_hash.__wrapped__(package) != original
 
 
+@pytest.mark.full
 def test_a_sweep_reuses_only_its_own_runs_made_by_the_same_code(tmp_path):
     store = sqlite_store(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

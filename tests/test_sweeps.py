@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, runs_by_kind, sqlite_store, stop_when
 
 
+@pytest.mark.full
 def test_parallel_sweep_of_4_jobs_on_2_workers_logs_into_one_store_under_one_sweep_run(tmp_path):
     result = run_dlexp("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *TINY,
                        "optimizer.lr=0.01,0.003", "model.hidden_dims=[64,32],[16]",
@@ -60,6 +61,7 @@ def test_parallel_sweep_of_4_jobs_on_2_workers_logs_into_one_store_under_one_swe
     assert (tmp_path / "sweep" / "sweep_jobs.csv").read_text().count("FINISHED") == 4
 
 
+@pytest.mark.full  # two whole dlexp processes at once, ~28 s of CPU
 def test_two_runs_started_together_on_a_new_store_both_finish(tmp_path):
     # Without the lock beside the store, one of the two dies in MLflow's schema creation (seen 3 times
     # out of 3: "duplicate column name").
@@ -78,6 +80,7 @@ def write_points(path, source, broken: bool) -> None:
     path.write_text(text + "1.0 0.5\n" if broken else text)  # a ragged last row is a user error
 
 
+@pytest.mark.full
 def test_rerun_sweep_resumes_only_the_failed_job(tmp_path):
     source = ROOT / "data" / "trainData.txt"
     names = [tmp_path / f"train_{name}.txt" for name in "abc"]
@@ -119,6 +122,7 @@ def test_rerun_sweep_resumes_only_the_failed_job(tmp_path):
     assert len(runs_by_kind(client, "resume")[1]) == 6
 
 
+@pytest.mark.full
 def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
 
@@ -177,6 +181,7 @@ def press_ctrl_c(process: subprocess.Popen) -> None:
     (stop_sweep_process, 128 + signal.SIGTERM, "interrupted: stopped by SIGTERM"),
     (press_ctrl_c, 128 + signal.SIGINT, "interrupted: Ctrl-C"),
 ], ids=["sigterm-to-sweep", "ctrl-c"])
+@pytest.mark.full
 def test_stopping_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(tmp_path, stop, code, message):
     # After `kill`, joblib SIGKILLs its workers, whose runs cannot end themselves: the sweep must end them,
     # or they stay RUNNING forever. After Ctrl-C, each job may end its own run first.
@@ -221,6 +226,7 @@ def test_stopping_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(tm
     assert workers and not any(is_running(pid) for pid in workers)
 
 
+@pytest.mark.full
 def test_optuna_search_maximises_validation_accuracy_and_is_one_sweep_run(tmp_path):
     result = run_dlexp("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=3", *TINY,
                        "tracking.experiment_name=search", *sqlite_store(tmp_path))

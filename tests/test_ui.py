@@ -32,6 +32,7 @@ def sweep(tmp_path_factory):
     return {"result": result, "uri": uri, "client": MlflowClient(uri), "dir": tmp_path}
 
 
+@pytest.mark.full
 def test_sweep_jobs_and_folds_are_named_by_what_differs(sweep):
     sweeps, jobs, folds = runs_by_kind(sweep["client"], EXPERIMENT)
     assert len(sweeps) == 1
@@ -52,6 +53,7 @@ def test_sweep_jobs_and_folds_are_named_by_what_differs(sweep):
     assert {row["name"] for row in rows} == JOB_NAMES
 
 
+@pytest.mark.full
 def test_a_sweep_ends_with_where_its_results_are_and_its_best_job(sweep):
     tmp_path, client = sweep["dir"], sweep["client"]
     sweeps, jobs, _ = runs_by_kind(client, EXPERIMENT)
@@ -72,6 +74,7 @@ def test_a_sweep_ends_with_where_its_results_are_and_its_best_job(sweep):
     ]
 
 
+@pytest.mark.full
 def test_every_line_of_a_parallel_sweeps_job_says_which_job(sweep):
     lines = sweep["result"].stdout.splitlines()
     # Everything a job logs, its summary's lines included, starts with its number; the launcher's own don't.
