@@ -97,6 +97,9 @@ def test_a_checkout_reads_and_writes_in_the_checkout():
     """``pip install -e .`` (and a clone on sys.path) keep the store and the data in the checkout."""
     cfg = compose_config(["+experiment=spiral"])
     assert cfg.tracking.uri == f"sqlite:///{PROJECT_ROOT}/mlflow.db"
-    assert cfg.tracking.artifact_location == f"{PROJECT_ROOT}/mlartifacts"
+    # artifacts beside the SQLite store (tracking.artifact_location=null): the checkout's mlartifacts/
+    from dlexp.tracking.store import artifacts_folder
+
+    assert artifacts_folder(cfg.tracking.uri, cfg.tracking.artifact_location) == PROJECT_ROOT / "mlartifacts"
     assert cfg.dataset.train_path == f"{PROJECT_ROOT}/data/trainData.txt"
     assert cfg.dataset.test_path == f"{PROJECT_ROOT}/data/testData.txt"

@@ -211,8 +211,9 @@ def test_system_metrics_are_recorded_by_mlflow_only_when_switched_on(store, monk
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     use_system_metrics(compose_config(["+experiment=spiral", f"tracking.system_metrics={str(switch).lower()}"]))
     mlflow.set_tracking_uri(store["uri"])
+    experiment_id = mlflow.create_experiment("system_metrics")  # not the experiment an earlier test made active
     try:
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment_id) as run:
             time.sleep(2)
     finally:
         mlflow.disable_system_metrics_logging()

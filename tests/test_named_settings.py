@@ -63,7 +63,8 @@ def test_a_search_whose_trials_all_fail_has_no_success():
 
 
 def test_a_sweep_without_a_best_job_says_so():
-    run = SimpleNamespace(info=SimpleNamespace(status="FAILED", run_name="s", run_id="r", experiment_id="1"))
+    run = SimpleNamespace(info=SimpleNamespace(status="FAILED", run_name="s", run_id="r", experiment_id="1",
+                                               artifact_uri="file:///s/artifacts/1/r/artifacts"))
     rows = [{"job": 0, "status": "FAILED", "name": "lr=0.1"}]
     text = sweep_report(Path("/s"), run, "e", "sqlite:///x.db", rows, None, "val_acc_mean")
     assert "  best job:     none (no FINISHED job has a value of val_acc_mean)" in text.splitlines()
