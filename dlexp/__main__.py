@@ -94,7 +94,7 @@ def register_plugins() -> None:
 
 #: ``dlexp NAME ...`` runs the module's ``cli()`` with the remaining arguments; Hydra's overrides always hold
 #: a ``=`` (or are options), so a bare word cannot be mistaken for one.
-SUBCOMMANDS = {"server": "dlexp.server", "inspect": "dlexp.inspect"}
+SUBCOMMANDS = {"server": "dlexp.server", "inspect": "dlexp.inspect", "sync": "dlexp.sync"}
 
 
 def cli() -> None:

@@ -106,8 +106,8 @@ def journals(folders: list[Path]) -> list[Path]:
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dlexp.sync", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m dlexp.sync") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run folders (or sweep folders) to send")
     parser.add_argument("--uri", help="the tracking server to send to (default: the one the run logged to)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
