@@ -254,7 +254,7 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
     use_system_metrics(cfg)
     # An interrupted run of this job continues (dlexp.tracking.resume): its checkpoints move to output_dir.
     checkpoints, resumed = job_checkpoints(cfg, experiment_id, output_dir, tags.get("mlflow.parentRunId"),
-                                           checkpoint_every)
+                                           checkpoint_every, tags.get(DATA_DIGEST_TAG))
     journal = offline.journal_for(output_dir, str(cfg.tracking.uri))  # a server's writes it did not take
     with (checkpoints, mlflow_run(run_name, tags=resumed_tags(tags, resumed), failure_file=output_dir / "FAILED.txt",
                                   run_id=resumed and resumed.info.run_id, journal=journal) as run, Writer() as writer):

@@ -190,6 +190,34 @@ def test_a_checkpoint_of_other_code_or_another_config_is_not_used(tmp_path, capl
     assert "written by another config (dlexp.config_hash c1, now c2); not used" in caplog.text
 
 
+def test_a_checkpoint_of_other_data_is_not_used_and_a_new_run_starts_from_an_empty_folder(tmp_path, caplog):
+    mine = {"config_hash": "c1", "code_hash": "k1", "data_digest": "d1"}
+    Checkpoints(tmp_path, mine, Every(epochs=1)).save("fold_1", {"epoch": 3})
+    assert Checkpoints(tmp_path, {**mine, "data_digest": "d2"}, Every(epochs=1)).load("fold_1") is None
+    assert "written by other data (dlexp.data_digest d1, now d2); not used" in caplog.text
+    # A new run of the job in the same folder (a sweep's job folder) clears what an earlier run left there.
+    fresh = Checkpoints(tmp_path, mine, Every(epochs=1))
+    assert fresh.lock()
+    fresh.clear()
+    assert fresh.load("fold_1") is None
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_an_interrupted_run_whose_data_changed_is_not_continued(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from dlexp.tracking.resume import find_interrupted_run
+
+    (tmp_path / "checkpoints").mkdir()
+    tags = {"dlexp.config_hash": "c1", "dlexp.code_hash": "k1", "dlexp.data_digest": "d1",
+            "dlexp.output_dir": str(tmp_path)}
+    run = SimpleNamespace(info=SimpleNamespace(status="KILLED", run_id="r1"), data=SimpleNamespace(tags=tags))
+    client = SimpleNamespace(search_runs=lambda *args, **kwargs: [run])
+    assert find_interrupted_run(client, "1", "c1", "k1", None, "d1") is run
+    assert find_interrupted_run(client, "1", "c1", "k1", None, "d2") is None
+    assert "its data changed since (dlexp.data_digest d1, now d2)" in caplog.text
+
+
 def test_only_one_process_holds_a_checkpoint_folder(tmp_path):
     first, second = (Checkpoints(tmp_path, {}, None) for _ in range(2))
     assert first.lock()

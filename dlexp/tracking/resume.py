@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlexp.tracking.datasets import DATA_DIGEST_TAG
 from dlexp.training.checkpoint import CHECKPOINT_DIR, Checkpoints, Every
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ HISTORY_KEYS = ("train_loss", "val_loss", "val_acc", "lr")
 
 
 def find_interrupted_run(client, experiment_id: str, config_hash_value: str, code_hash_value: str,
-                         parent_run_id: str | None):
+                         parent_run_id: str | None, data_digest: str | None = None):
     """The run this job continues, or None (see the module's docstring for which)."""
     from dlexp.sweeps.search.pruning import PRUNED_TAG
     from dlexp.tracking.store import CODE_HASH_TAG, CONFIG_HASH_TAG
@@ -58,6 +59,11 @@ def find_interrupted_run(client, experiment_id: str, config_hash_value: str, cod
             log.warning("run %s of this config was interrupted, but other code made it (%s %s, now %s): its "
                         "checkpoints are not used; training from the start in a new run", run.info.run_id,
                         CODE_HASH_TAG, str(tags.get(CODE_HASH_TAG))[:12], code_hash_value[:12])
+            return None
+        if data_digest and tags.get(DATA_DIGEST_TAG, data_digest) != data_digest:
+            log.warning("run %s of this config was interrupted, but its data changed since (%s %s, now %s): its "
+                        "checkpoints are not used; training from the start in a new run", run.info.run_id,
+                        DATA_DIGEST_TAG, tags[DATA_DIGEST_TAG][:12], data_digest[:12])
             return None
         return run
     return None
@@ -115,18 +121,20 @@ def logged_folds(client, experiment_id: str, job_run_id: str) -> dict[int, Logge
 
 
 def job_checkpoints(cfg, experiment_id: str, output_dir: Path, parent_run_id: str | None,
-                    every: Every | None):
+                    every: Every | None, data_digest: str | None = None):
     """The job's checkpoints in ``output_dir`` (locked while the job runs) and the run it continues (None:
-    a new run). ``tracking.resume=false`` always starts a new run."""
+    a new run, whose checkpoint folder is emptied). ``tracking.resume=false`` always starts a new run.
+    ``data_digest`` (dlexp.data.digest) is part of the checkpoints' identity: a run whose data changed is
+    not continued."""
     from mlflow.tracking import MlflowClient
 
     from dlexp.tracking.store import code_hash, config_hash
 
-    identity = {"config_hash": config_hash(cfg), "code_hash": code_hash()}
+    identity = {"config_hash": config_hash(cfg), "code_hash": code_hash(), "data_digest": data_digest or ""}
     checkpoints = Checkpoints(Path(output_dir) / CHECKPOINT_DIR, identity, every)
     if cfg.tracking.resume:
         run = find_interrupted_run(MlflowClient(), experiment_id, identity["config_hash"], identity["code_hash"],
-                                   parent_run_id)
+                                   parent_run_id, data_digest)
         if run is not None and take_over(run, Path(output_dir), checkpoints):
             log.info("continuing the interrupted run %s (%s) from its checkpoints", run.info.run_id,
                      run.info.run_name)
@@ -135,7 +143,8 @@ def job_checkpoints(cfg, experiment_id: str, output_dir: Path, parent_run_id: st
             if ERROR_TAG in run.data.tags:
                 MlflowClient().delete_tag(run.info.run_id, ERROR_TAG)
             return checkpoints, run
-    checkpoints.lock()
+    if checkpoints.lock():  # a new run: what an earlier run left in this folder (a sweep job's) is not its own
+        checkpoints.clear()
     return checkpoints, None
 
 

@@ -105,6 +105,12 @@ class Checkpoints:
         self._lock = handle
         return True
 
+    def clear(self) -> None:
+        """Remove every checkpoint file in the folder (the lock file stays): a new run of a job starts from
+        nothing, whatever an earlier run that is not continued (finished, failed, other data) left there."""
+        for path in self.folder.glob("*.pt"):
+            path.unlink(missing_ok=True)
+
     def unlock(self) -> None:
         if self._lock is not None:
             self._lock.close()  # closing the file releases the flock
@@ -142,9 +148,9 @@ class Checkpoints:
             log.warning("checkpoint %s cannot be read (%s); not used", path, str(error).splitlines()[0][:200])
             return None
         theirs = state.get("identity", {})
-        for key in ("config_hash", "code_hash"):
-            if theirs.get(key) != self.identity.get(key):
-                what = "another config" if key == "config_hash" else "other code"
+        for key in ("config_hash", "code_hash", "data_digest"):
+            if theirs.get(key, "") != self.identity.get(key, ""):
+                what = {"config_hash": "another config", "code_hash": "other code", "data_digest": "other data"}[key]
                 log.warning("checkpoint %s was written by %s (dlexp.%s %s, now %s); not used", path, what, key,
                             str(theirs.get(key))[:12], str(self.identity.get(key))[:12])
                 return None
