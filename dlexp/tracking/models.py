@@ -210,6 +210,7 @@ def log_run_models(writer, tracking_uri: str, run_id: str, best_model: torch.nn.
         except Exception as error:  # noqa: BLE001 (the run's results stand; the model's absence is said)
             reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             log.warning("the run's MLflow models could not be logged (%s); its results and model.pt stand", reason)
-            mlflow.MlflowClient(tracking_uri).set_tag(run_id, MODEL_ERROR_TAG, reason[:5000])
+            # through the writer: a server that went away gets the tag from the run folder's journal (dlexp sync)
+            writer.store_call(tracking_uri, "set_tag", run_id, MODEL_ERROR_TAG, reason[:5000])
 
     writer.submit(wait)
