@@ -226,7 +226,9 @@ def test_a_search_runs_its_trials_as_slurm_jobs_that_report_to_a_study_in_postgr
     result = run_dlexp(*SLURM, "hydra/sweeper=search", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
                        f"hydra.sweeper.storage={storage}", "hydra.sweeper.pruner.n_startup_trials=1",
                        "hydra.sweeper.report_every=1", "trainer.max_epochs=3", "trainer.folds=2",
-                       "optimizer.lr=choice(0.01, 1e20)",
+                       # the space searched is exactly this (no ready keys added): the continuous dropout keeps
+                       # every trial's config its own, so none is reused from an identical earlier trial
+                       "optimizer.lr=choice(0.01, 1e20)", "model.dropout=interval(0.0, 0.3)",
                        f"tracking.uri={server}", "tracking.experiment_name=cluster_search",
                        f"hydra.sweep.dir={sweep_dir}", timeout=900)
     assert result.returncode == 2, result.stderr[-3000:]  # a failed trial: the search went on, then exit 2
