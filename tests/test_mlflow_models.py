@@ -240,3 +240,37 @@ def test_a_model_that_cannot_be_exported_leaves_the_run_finished_and_says_why(st
     assert run.info.status == "FINISHED"
     assert run.data.tags["dlexp.model_error"] == "RuntimeError: torch.export cannot trace this model"
     assert (out / "model.pt").is_file()
+
+
+def test_a_dataset_another_job_is_inserting_at_the_same_moment_is_linked_on_a_retry(store, monkeypatch):
+    """Jobs of a SLURM array logged the same dataset at once into a PostgreSQL server: one failed on the
+    dataset row's unique key (seen in CI). The retry finds the row and links it; other errors are raised."""
+    from dlexp.tracking import datasets
+
+    monkeypatch.setattr(datasets.time, "sleep", lambda seconds: None)
+    real, calls = mlflow.log_inputs, []
+
+    def racing(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException(
+                'duplicate key value violates unique constraint "dataset_pk"')
+        return real(**kwargs)
+
+    monkeypatch.setattr(datasets.mlflow, "log_inputs", racing)
+    cfg = compose_config(["+experiment=spiral", *store["overrides"]])
+    from dlexp.config.build import build
+
+    data = build("dataset", cfg.dataset)
+    mlflow.set_tracking_uri(store["uri"])
+    experiment_id = mlflow.create_experiment("race")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        datasets.log_datasets(cfg.dataset, data, {})
+    assert len(calls) == 2
+    inputs = store["client"].get_run(run.info.run_id).inputs.dataset_inputs
+    assert sorted(i.dataset.name for i in inputs) == ["spiral-test", "spiral-train"]
+
+    monkeypatch.setattr(datasets.mlflow, "log_inputs", lambda **kwargs: (_ for _ in ()).throw(
+        mlflow.exceptions.MlflowException("permission denied")))
+    with mlflow.start_run(experiment_id=experiment_id), pytest.raises(mlflow.exceptions.MlflowException):
+        datasets.log_datasets(cfg.dataset, data, {})

@@ -8,6 +8,8 @@ and its images); generated data is digested from its arrays. The same data diges
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 from mlflow.data.meta_dataset import MetaDataset
 from omegaconf import DictConfig
@@ -31,6 +33,9 @@ def dataset_source(paths: list, dataset: DictConfig):
                               **{str(k): str(v) for k, v in dataset.items() if k != "_target_"}})
 
 
+DATASET_ATTEMPTS = 4  # a dataset row another job inserted at the same moment
+
+
 def log_datasets(dataset_cfg: DictConfig, data: ExperimentData, digests: dict[str, str]) -> None:
     """Log the run's ``training`` and ``testing`` data on the active run.
 
@@ -45,7 +50,19 @@ def log_datasets(dataset_cfg: DictConfig, data: ExperimentData, digests: dict[st
         datasets.append(MetaDataset(dataset_source(files[context], dataset_cfg), name=f"{data.name}-{suffix}",
                                     digest=digest))
         contexts.append(context)
-    mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
+    # Jobs started together (a SLURM array, the parallel launcher) log the same dataset at once: the store's
+    # first insert of its row wins and the others fail on its unique key (seen on a PostgreSQL server:
+    # "duplicate key value violates unique constraint dataset_pk"); once that row is committed, the same call
+    # finds it and only links it to this run.
+    for attempt in range(DATASET_ATTEMPTS):
+        try:
+            mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
+            return
+        except Exception as error:
+            text = str(error).lower()
+            if attempt == DATASET_ATTEMPTS - 1 or not ("unique" in text or "duplicate" in text):
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def data_changed(run, dataset_cfg: DictConfig) -> str | None:
