@@ -18,6 +18,7 @@ once registered, dlexp.tracking.registry).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import shutil
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.models import Model, ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, Schema, TensorSpec
 
 from dlexp.data.protocol import ExperimentData
 from dlexp.models import dlexp_pyfunc
@@ -88,13 +89,14 @@ def raw_example(data: ExperimentData, spec: dict) -> pd.DataFrame | None:
     return pd.DataFrame(data.x_test[:EXAMPLE_ROWS].numpy().astype(np.float64), columns=spec["feature_columns"])
 
 
-def pip_requirements() -> list[str]:
+@functools.cache
+def pip_requirements() -> tuple[str, ...]:
     """What loading needs, pinned as MLflow pins them (given, so MLflow does not load the model in a
-    subprocess to infer them: that took seconds per model)."""
+    subprocess to infer them: that took seconds per model); read once per process."""
     from mlflow.utils.requirements_utils import _get_pinned_requirement
 
-    return [_get_pinned_requirement(name) for name in ("mlflow", "torch", "torchvision", "pandas", "numpy",
-                                                         "pillow")]
+    return tuple(_get_pinned_requirement(name) for name in ("mlflow", "torch", "torchvision", "pandas", "numpy",
+                                                            "pillow"))
 
 
 def save_model(path: str, mlflow_model: Model, pytorch_model: torch.nn.Module, spec: dict,
@@ -108,8 +110,13 @@ def save_model(path: str, mlflow_model: Model, pytorch_model: torch.nn.Module, s
     from mlflow.models.utils import _save_example
     from mlflow.utils.environment import _CONDA_ENV_FILE_NAME, _PYTHON_ENV_FILE_NAME
 
+    # the tensor signature pt2 needs (batch dimension -1: exported dynamic), given so that MLflow does not run
+    # the network once more to infer it; the raw input's signature replaces it below
+    tensor_signature = ModelSignature(inputs=Schema([TensorSpec(tensor_example.dtype,
+                                                                (-1, *tensor_example.shape[1:]))]))
     mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, serialization_format="pt2",
-                              input_example=tensor_example, pip_requirements=pip_requirements)
+                              signature=tensor_signature, input_example=tensor_example,
+                              pip_requirements=pip_requirements)
     root = Path(path)
     (root / "data" / dlexp_pyfunc.PREPROCESSING_FILE).write_text(json.dumps(spec, indent=2))
     (root / "code").mkdir(exist_ok=True)
@@ -156,30 +163,53 @@ def models_to_log(best_model: torch.nn.Module, fold_models: list[torch.nn.Module
     return items
 
 
-def log_model(item: ModelToLog, run_id: str | None = None):
-    """Log ``item`` as a LoggedModel of ``run_id`` (default: the active run); returns MLflow's ModelInfo."""
+#: the run's tags its LoggedModels get too (where the code came from; MLflow would read them again from the
+#: helper process's context, which costs ~0.2 s and says less: its source is the helper, not dlexp)
+SOURCE_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
+               "mlflow.source.git.branch", "mlflow.source.git.repoURL")
+
+
+def log_model(item: ModelToLog, run_id: str, experiment_id: str, params: dict[str, str] | None = None,
+              tags: dict[str, str] | None = None):
+    """Log ``item`` as a LoggedModel of ``run_id`` in ``experiment_id``, with ``params`` and ``tags``;
+    returns MLflow's ModelInfo.
+
+    The LoggedModel is created here (``MlflowClient.create_logged_model``) and handed to ``Model.log`` by
+    ``model_id``, which then neither resolves the process's context tags nor reads the run's params again;
+    ``Model.log`` still links the model to the run and copies the run's step-0 metrics onto it."""
+    model = mlflow.MlflowClient().create_logged_model(experiment_id, name=item.name, source_run_id=run_id,
+                                                      params=params, tags=tags)
     return Model.log(artifact_path=None, name=item.name, flavor=sys.modules[__name__], run_id=run_id,
-                     pytorch_model=item.network, spec=item.spec, tensor_example=item.tensor_example,
-                     signature=raw_signature(item.spec), input_example=item.raw_example,
-                     pip_requirements=pip_requirements(), validate_serving_input=False)
+                     model_id=model.model_id, pytorch_model=item.network, spec=item.spec,
+                     tensor_example=item.tensor_example, signature=raw_signature(item.spec),
+                     input_example=item.raw_example, pip_requirements=list(pip_requirements()),
+                     validate_serving_input=False)
 
 
 def log_models_for(tracking_uri: str, run_id: str, items: list[ModelToLog]) -> list[str]:
-    """Log ``items`` on ``run_id`` of the store at ``tracking_uri`` (in the helper process); their model ids."""
+    """Log ``items`` on ``run_id`` of the store at ``tracking_uri`` (in the helper process), each with the run's
+    params and source tags (as MLflow's ``Model.log`` would give them); their model ids."""
     mlflow.set_tracking_uri(tracking_uri)
-    # LoggedModels are made in the active experiment (Model.log has no parameter for it): the run's
-    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-    return [log_model(item, run_id).model_id for item in items]
+    run = mlflow.MlflowClient().get_run(run_id)
+    tags = {key: value for key, value in run.data.tags.items() if key in SOURCE_TAGS}
+    return [log_model(item, run_id, run.info.experiment_id, run.data.params, tags).model_id for item in items]
 
 
 def warm_up() -> None:
-    """What the first model logging of a process costs, paid early (in the helper, while training runs): the
-    torch.export machinery (~3 s the first time) and MLflow's map of installed packages (~3-7 s, for its
-    requirement checks)."""
-    from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+    """What the first model logging of a process costs, paid early (in the helper, while training runs): a
+    whole :func:`save_model` of a tiny ensemble into a temporary folder (no store). The first ``torch.export``
+    of a process loads its machinery (~2 s), the first of an ensemble more (softmax, stack, mean: ~1 s), and
+    the first MLflow model save imports the pyfunc modules and pins the requirements (~0.5 s)."""
+    import tempfile
 
-    torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(2, 2),))
-    _init_packages_to_modules_map()
+    network = MeanProbabilities([torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(),
+                                                     torch.nn.Linear(4, 3))]).eval()
+    spec = {"class_names": ["a", "b", "c"], "outputs": "probabilities", "kind": "points",
+            "feature_columns": feature_columns(2)}
+    example = pd.DataFrame(np.zeros((2, 2)), columns=spec["feature_columns"])
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(str(Path(folder) / "model"), Model(), network, spec, np.zeros((2, 2), np.float32),
+                   raw_signature(spec), example, list(pip_requirements()))
 
 
 def start_warm_up() -> None:
