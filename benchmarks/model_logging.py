@@ -65,14 +65,15 @@ def tail_seconds(log: str) -> float | None:
     return (closing - last_fold).total_seconds()
 
 
-def run_once(folder: Path, variant: str) -> dict:
-    """One spiral command in ``folder`` (its store, run folder and artifacts); its figures."""
+def run_once(folder: Path, variant: str, root: Path = ROOT) -> dict:
+    """One spiral command of the checkout ``root`` in ``folder`` (its store, run folder and artifacts); its
+    figures."""
     command = [sys.executable, *COMMAND, f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-               f"hydra.run.dir={folder / 'run'}", *VARIANTS[variant]]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+               f"hydra.run.dir={folder / 'run'}", *VARIANTS.get(variant, [])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     load_before = os.getloadavg()[0]
     cpu, started = children_cpu(), time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - started, children_cpu() - cpu
     if done.returncode:
         sys.exit(f"error: {' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -95,30 +96,37 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def commands(repeats: int, out: Path) -> None:
+def commands(repeats: int, out: Path, before: Path | None = None) -> None:
+    """Part 1; with ``before`` (another checkout), its command with models logged is a third variant."""
     runs = []
+    variants = [*VARIANTS, *(["before"] if before else [])]
     for repeat in range(repeats):
-        order = ["off", "on"] if repeat % 2 == 0 else ["on", "off"]
+        order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
+        if repeat % 2:
+            order.reverse()
         for variant in order:
-            result = run_once(out / f"{repeat}-{variant}", variant)
+            result = run_once(out / f"{repeat}-{variant}", variant, before if variant == "before" else ROOT)
             runs.append(result)
-            print(f"repeat {repeat + 1} {variant:3}: wall {result['wall']:.1f} s, CPU {result['cpu']:.1f} s, "
+            print(f"repeat {repeat + 1} {variant:6}: wall {result['wall']:.1f} s, CPU {result['cpu']:.1f} s, "
                   f"tail {fmt(result['tail'])} s, training {fmt(result['training'])} s, "
                   f"load {result['load'][0]:.1f} -> {result['load'][1]:.1f}", flush=True)
     print(f"\nmedians of {repeats} (seconds):\n\n| variant | wall | CPU | tail | training | load (1 min) |\n"
           "|---|---|---|---|---|---|")
     medians = {}
-    for variant in VARIANTS:
+    for variant in variants:
         mine = [r for r in runs if r["variant"] == variant]
         medians[variant] = {key: median([r[key] for r in mine]) for key in ("wall", "cpu", "tail", "training")}
         loads = [x for r in mine for x in r["load"]]
         print(f"| {variant} | {' | '.join(fmt(medians[variant][k]) for k in ('wall', 'cpu', 'tail', 'training'))} "
               f"| {min(loads):.1f}-{max(loads):.1f} |")
-    off, on = medians["off"], medians["on"]
-    print(f"\nmodels cost: wall +{on['wall'] - off['wall']:.1f} s ({100 * (on['wall'] / off['wall'] - 1):+.0f}%), "
-          f"CPU +{on['cpu'] - off['cpu']:.1f} s ({100 * (on['cpu'] / off['cpu'] - 1):+.0f}%)"
-          + (f", tail +{on['tail'] - off['tail']:.1f} s" if on["tail"] is not None and off["tail"] is not None
-             else ""))
+    off = medians["off"]
+    for variant in variants[1:]:
+        on = medians[variant]
+        tail = (f", tail {on['tail'] - off['tail']:+.1f} s" if on["tail"] is not None and off["tail"] is not None
+                else "")
+        print(f"models logged ({variant}) against off: wall {on['wall'] - off['wall']:+.1f} s "
+              f"({100 * (on['wall'] / off['wall'] - 1):+.0f}%), CPU {on['cpu'] - off['cpu']:+.1f} s "
+              f"({100 * (on['cpu'] / off['cpu'] - 1):+.0f}%){tail}")
 
 
 def per_model(times: int, out: Path) -> None:
@@ -167,6 +175,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="pairs of commands (off, on); 0: none")
     parser.add_argument("--per-model", type=int, default=4, metavar="K",
                         help="log the spiral's 2 models K times in this process (part 2); 0: skip")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="also run the command (models logged) from another checkout, e.g. a `git worktree` "
+                             "of the commit before a change")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (stores, run folders)")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="model_logging_"))
@@ -174,7 +185,7 @@ def main() -> None:
           f"folder {out}", flush=True)
     try:
         if args.repeats:
-            commands(args.repeats, out)
+            commands(args.repeats, out, args.before.resolve() if args.before else None)
         if args.per_model:
             per_model(args.per_model, out)
     finally:
