@@ -195,11 +195,19 @@ def log_models_for(tracking_uri: str, run_id: str, items: list[ModelToLog]) -> l
     return [log_model(item, run_id, run.info.experiment_id, run.data.params, tags).model_id for item in items]
 
 
+_warm = False  # in this process (the helper serves every job of a sweep)
+
+
 def warm_up() -> None:
-    """What the first model logging of a process costs, paid early (in the helper, while training runs): a
-    whole :func:`save_model` of a tiny ensemble into a temporary folder (no store). The first ``torch.export``
-    of a process loads its machinery (~2 s), the first of an ensemble more (softmax, stack, mean: ~1 s), and
-    the first MLflow model save imports the pyfunc modules and pins the requirements (~0.5 s)."""
+    """What the first model logging of a process costs, paid early (in the helper, while training runs), once
+    per process: a whole :func:`save_model` of a tiny ensemble into a temporary folder (no store). The first
+    ``torch.export`` of a process imports its machinery (~1.6 s of CPU, ~1300 modules: dynamo, sympy, ...), the
+    first of an ensemble more (softmax, stack, mean), and the first MLflow model save imports the pyfunc modules
+    and pins the requirements (~0.5 s); after it, a process's first logging costs what later ones do
+    (benchmarks/README.md)."""
+    global _warm
+    if _warm:
+        return
     import tempfile
 
     network = MeanProbabilities([torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(),
@@ -210,6 +218,7 @@ def warm_up() -> None:
     with tempfile.TemporaryDirectory() as folder:
         save_model(str(Path(folder) / "model"), Model(), network, spec, np.zeros((2, 2), np.float32),
                    raw_signature(spec), example, list(pip_requirements()))
+    _warm = True
 
 
 def start_warm_up() -> None:
@@ -224,8 +233,9 @@ def start_warm_up() -> None:
 def log_run_models(writer, tracking_uri: str, run_id: str, best_model: torch.nn.Module,
                    fold_models: list[torch.nn.Module], data: ExperimentData) -> None:
     """Log the run's models in the helper process (dlexp.tracking.background), after what it was given
-    before; ``writer.drain()`` waits for them. Off the training thread because the export and MLflow's model
-    files cost ~1-2 s a run (benchmarks/README.md). A model that cannot be exported or logged does not fail
+    before (the run's pictures); ``writer.drain()`` waits for them. Off the training process because a
+    process's first ``torch.export`` costs ~2 s of CPU (paid by :func:`warm_up` in the helper while this one
+    trains), and each model ~0.2 s more (benchmarks/README.md). A model that cannot be exported or logged does not fail
     the run: a warning says why, and so does the tag ``dlexp.model_error``."""
     from dlexp.tracking.background import Aborted, run_in_helper
 
