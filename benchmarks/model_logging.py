@@ -15,6 +15,8 @@ torch.export machinery, MLflow's imports) and the median of the later ones.
 
     python benchmarks/model_logging.py --repeats 4
     python benchmarks/model_logging.py --repeats 0 --per-model 6     # part 2 only
+    git archive <commit> | tar -x -C /tmp/base                        # an earlier version as a third variant:
+    python benchmarks/model_logging.py --repeats 4 --before /tmp/base
 """
 
 from __future__ import annotations
