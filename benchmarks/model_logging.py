@@ -103,9 +103,7 @@ def commands(repeats: int, out: Path, before: Path | None = None) -> None:
     runs = []
     variants = [*VARIANTS, *(["before"] if before else [])]
     for repeat in range(repeats):
-        order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]
-        if repeat % 2:
-            order.reverse()
+        order = variants[repeat % len(variants):] + variants[:repeat % len(variants)]  # each first in turn
         for variant in order:
             result = run_once(out / f"{repeat}-{variant}", variant, before if variant == "before" else ROOT)
             runs.append(result)
