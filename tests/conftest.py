@@ -62,6 +62,19 @@ def pytest_cmdline_main(config):
         config.option.numprocesses = WHOLE_SUITE_WORKERS
 
 
+#: The pytest-xdist group (``--dist loadgroup``, as .ci/run runs the full tier) of every test that needs the
+#: SLURM cluster: there is one cluster, a one-node one with 2 CPUs, and those tests time its jobs and cancel
+#: them, so they run one after another on one worker while the other worker takes the other tests.
+CLUSTER_GROUP = "slurm-cluster"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("cluster") is not None:
+            item.add_marker(pytest.mark.xdist_group(CLUSTER_GROUP))
+
+
 #: Under this variable (set by .ci/run, which starts the services) a skipped test that needs them fails.
 REQUIRE_SERVICES = "DLEXP_REQUIRE_SERVICES"
 SERVICE_MARKERS = ("cluster", "postgres", "browser")
