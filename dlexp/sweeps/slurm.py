@@ -7,6 +7,10 @@ preemption), so ``scancel`` or a requeue killed it after ``KillWait`` with its M
 - in the job, SIGTERM raises ``Interrupted`` like Ctrl-C (at the end of the epoch, after a checkpoint), so a
   cancelled or requeued job ends its run KILLED (with the folds it finished) before SLURM's SIGKILL; a
   requeued job then continues that run from its checkpoints (dlexp.tracking.resume);
+- in the job, SLURM's warning signal before its time limit (and at a preemption, where the cluster sends it)
+  stops training at the end of the epoch, after a checkpoint, leaves the runs RUNNING, and submitit requeues
+  the job (``max_num_timeout`` times at most for time limits): the next attempt continues the same runs and the
+  sweep sees one job that ended FINISHED (:class:`TimeLimitWarning`);
 - in the sweep, every job is waited for (SLURM is asked at least every ``POLL_SECONDS``, so a job that dies
   silently is noticed soon), and a job that left no result does not stop the sweep: its run, if still
   RUNNING, is ended (KILLED if SLURM cancelled the job, else FAILED), its folder gets the record and
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +35,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dlexp.interrupts import take_sigterm
+from dlexp.interrupts import Requeued, take_requeue_signal, take_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,16 @@ class SlurmLauncher(HydraSlurmLauncher):
     """Hydra's ``submitit_slurm`` launcher (same options) that reports a dead job instead of raising."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
-        """Runs in the job, on the node: SIGTERM (scancel, requeue, preemption) ends the job's runs KILLED."""
+        """Runs in the job, on the node: SIGTERM (scancel, requeue) ends the job's runs KILLED; SLURM's warning
+        of a time limit or preemption checkpoints and requeues it (:class:`TimeLimitWarning`)."""
         take_sigterm()
-        return super().__call__(*args, **kwargs)
+        warning = TimeLimitWarning.take()
+        try:
+            return super().__call__(*args, **kwargs)
+        except Requeued as stop:
+            if warning is not None:
+                warning.requeue(stop)  # does not return: submitit requeues the job and ends this process
+            raise
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         executor = self.executor()
@@ -103,6 +115,63 @@ class SlurmLauncher(HydraSlurmLauncher):
         return JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": sweep_config.hydra}),
                          working_dir=str(folder), task_name=str(sweep_config.hydra.job.name),
                          status=JobStatus.COMPLETED, _return_value=math.nan)
+
+
+class TimeLimitWarning:
+    """SLURM's warning signal (submitit's ``--signal=USR2@signal_delay_s``: ``signal_delay_s`` seconds before
+    the job's time limit, and at a preemption where the cluster sends it), made dlexp's in the job.
+
+    submitit's own handler requeues the job at once, wherever training is, and the job's end in between
+    (``sys.exit``) ended its MLflow runs. Here the signal stops training at the end of the epoch, after a
+    checkpoint (dlexp.training.checkpoint.stop_at_epoch_end), with ``Requeued``: the MLflow runs stay RUNNING;
+    then submitit's handler does what it does (it calls the launcher's ``checkpoint``, which resubmits the
+    same call, requeues the job with ``scontrol requeue`` and exits), and the next attempt continues the runs
+    from the checkpoints (dlexp.tracking.resume). When submitit will not requeue (the time limit was reached
+    more than ``max_num_timeout`` times), the stop is a plain ``Interrupted``: the runs end KILLED with their
+    checkpoints, which the same command run again continues.
+    """
+
+    def __init__(self, signum: int, handler) -> None:
+        self.signum, self.handler = signum, handler  # handler: submitit's SignalHandler.checkpoint_and_try_requeue
+        self.decision: bool | None = None
+
+    @classmethod
+    def take(cls) -> TimeLimitWarning | None:
+        """Take submitit's signal in this job's process; None where submitit did not install its handler."""
+        import submitit
+
+        signum = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
+        handler = signal.getsignal(signum)
+        if not hasattr(getattr(handler, "__self__", None), "has_timed_out"):
+            return None
+        warning = cls(signum, handler)
+        take_requeue_signal(signum, warning.will_requeue)
+        return warning
+
+    def will_requeue(self) -> bool:
+        """Whether submitit will requeue the job, by its own rule (submitit 1.5, ``SignalHandler.
+        checkpoint_and_try_requeue``): a signal after min(0.8 x limit, limit - 10 min) of run time is a
+        timeout, and a job is requeued after a preemption or its first ``max_num_timeout`` timeouts. Decided
+        once, when the signal stops the job; submitit's handler is given the same answer when it runs."""
+        if self.decision is None:
+            owner = self.handler.__self__
+            timed_out = owner.has_timed_out()
+            owner.has_timed_out = lambda: timed_out
+            self.decision = owner._delayed._timeout_countdown - timed_out >= 0
+            if not self.decision:
+                log.warning("%s: the time limit was reached more than hydra.launcher.max_num_timeout=%d times; "
+                            "the job is not requeued: its runs end KILLED with their checkpoints (the same command "
+                            "again continues them)", signal.Signals(self.signum).name,
+                            owner._delayed._timeout_countdown)
+        return self.decision
+
+    def requeue(self, stop: Requeued) -> None:
+        """After training stopped with its checkpoints: submitit's handler requeues the job and exits."""
+        owner = self.handler.__self__
+        signal.signal(signal.SIGTERM, owner.bypass)  # `scontrol requeue` sends SIGTERM: the job is leaving anyway
+        log.warning("%s: checkpoint saved; the job is requeued and continues its MLflow run in its next attempt",
+                    signal.Signals(self.signum).name)
+        self.handler(self.signum, None)
 
 
 def wait_for(jobs: list, timeout: float | None = None) -> bool:
