@@ -90,7 +90,7 @@ def test_the_time_limit_warning_checkpoints_at_the_epochs_end_and_submitit_reque
                           f"trainer.strategy={strategy}", "model.dropout=0.2", "trainer.checkpoint_every=1000"])
     uninterrupted = train(cfg)
     handler = job_signals.install(max_num_timeout=2)
-    warning = TimeLimitWarning.take()  # what the launcher's call does first in the job
+    warning = TimeLimitWarning.take(2)  # what the launcher's call does first in the job
     assert warning is not None and signal.getsignal(signal.SIGUSR2) is interrupts._raise_interrupted
 
     identity = {"config_hash": "c", "code_hash": "k"}
@@ -120,7 +120,7 @@ def test_past_max_num_timeout_the_warning_stops_the_job_killed_with_its_checkpoi
     cfg = compose_config(["+experiment=spiral", "trainer.folds=2", "trainer.max_epochs=6", "trainer.patience=3",
                           "trainer.strategy=sequential", "trainer.checkpoint_every=1000"])
     job_signals.install(max_num_timeout=0)  # no requeue left for a timeout
-    TimeLimitWarning.take()
+    TimeLimitWarning.take(0)
     with pytest.raises(Interrupted, match="stopped by SIGUSR2") as stopped:
         train(cfg, Checkpoints(tmp_path, {"config_hash": "c", "code_hash": "k"}, Every(epochs=1000)),
               SignalAt(1, 2))
@@ -137,7 +137,7 @@ def test_a_job_stopped_for_a_requeue_leaves_its_runs_running_and_the_next_attemp
     overrides = ["+experiment=spiral", *QUICK, "trainer.max_epochs=6", "trainer.strategy=sequential",
                  "trainer.checkpoint_every=1000", "trainer.progress=false", *store["overrides"]]
     job_signals.install(max_num_timeout=2)
-    TimeLimitWarning.take()
+    TimeLimitWarning.take(2)
     with pytest.raises(Requeued):
         run_experiment(compose_config(overrides), tmp_path / "attempt1", overrides, hooks=SignalAt(2, 3))
     client = store["client"]

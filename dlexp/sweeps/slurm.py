@@ -52,13 +52,17 @@ class SlurmLauncher(HydraSlurmLauncher):
         """Runs in the job, on the node: SIGTERM (scancel, requeue) ends the job's runs KILLED; SLURM's warning
         of a time limit or preemption checkpoints and requeues it (:class:`TimeLimitWarning`)."""
         take_sigterm()
-        warning = TimeLimitWarning.take()
+        warning = TimeLimitWarning.take(int(self.params.get("max_num_timeout", 0)))
         try:
             return super().__call__(*args, **kwargs)
         except Requeued as stop:
             if warning is not None:
                 warning.requeue(stop)  # does not return: submitit requeues the job and ends this process
             raise
+        except SystemExit:  # dlexp's exit after an interruption: if it was the warning, the sweep says so
+            if warning is None or warning.decision is not False:
+                raise
+            return warning.not_requeued(list(args[0]))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         executor = self.executor()
@@ -97,8 +101,8 @@ class SlurmLauncher(HydraSlurmLauncher):
         if error is None:
             returned = job.results()[0]
             if returned.status == JobStatus.FAILED and type(returned._return_value).__name__ == "UncompletedJobError":
-                # Wall time reached and not requeued (submitit's USR2): the job ended its run FAILED and left
-                # its record; the sweep goes on and lists it at the end.
+                # Wall time reached and not requeued (SLURM's warning, TimeLimitWarning): the job ended its run
+                # KILLED and left its record; the sweep goes on and lists it at the end.
                 log.error("job #%d (%s): %s", num, " ".join(filter_overrides(overrides)), returned._return_value)
                 returned.status, returned.return_value = JobStatus.COMPLETED, math.nan
             return returned
@@ -131,12 +135,13 @@ class TimeLimitWarning:
     checkpoints, which the same command run again continues.
     """
 
-    def __init__(self, signum: int, handler) -> None:
+    def __init__(self, signum: int, handler, max_num_timeout: int) -> None:
         self.signum, self.handler = signum, handler  # handler: submitit's SignalHandler.checkpoint_and_try_requeue
+        self.max_num_timeout = max_num_timeout
         self.decision: bool | None = None
 
     @classmethod
-    def take(cls) -> TimeLimitWarning | None:
+    def take(cls, max_num_timeout: int) -> TimeLimitWarning | None:
         """Take submitit's signal in this job's process; None where submitit did not install its handler."""
         import submitit
 
@@ -144,7 +149,7 @@ class TimeLimitWarning:
         handler = signal.getsignal(signum)
         if not hasattr(getattr(handler, "__self__", None), "has_timed_out"):
             return None
-        warning = cls(signum, handler)
+        warning = cls(signum, handler, max_num_timeout)
         take_requeue_signal(signum, warning.will_requeue)
         return warning
 
@@ -161,9 +166,24 @@ class TimeLimitWarning:
             if not self.decision:
                 log.warning("%s: the time limit was reached more than hydra.launcher.max_num_timeout=%d times; "
                             "the job is not requeued: its runs end KILLED with their checkpoints (the same command "
-                            "again continues them)", signal.Signals(self.signum).name,
-                            owner._delayed._timeout_countdown)
+                            "again continues them)", signal.Signals(self.signum).name, self.max_num_timeout)
         return self.decision
+
+    def not_requeued(self, overrides: list[str]) -> JobReturn:
+        """The job's result when the warning came once too often: the error the sweep lists (one line), as
+        for submitit's own ``UncompletedJobError`` (:meth:`SlurmLauncher.job_return`)."""
+        from hydra.core.hydra_config import HydraConfig
+        from submitit.core.utils import UncompletedJobError
+
+        hydra_cfg = HydraConfig.instance().cfg  # the job's, as Hydra's run_job set it
+        folder = Path(str(hydra_cfg.hydra.runtime.output_dir))
+        error = UncompletedJobError(
+            f"time limit reached again after {self.max_num_timeout} requeues (hydra.launcher.max_num_timeout): not "
+            "requeued; its MLflow run ended KILLED with its checkpoints, the same command again continues it")
+        saved = folder / ".hydra" / "config.yaml"  # the job's config without hydra (hydra.output_subdir=.hydra)
+        return JobReturn(overrides=overrides, cfg=OmegaConf.load(saved) if saved.is_file() else OmegaConf.create({}),
+                         hydra_cfg=hydra_cfg, working_dir=str(folder), task_name=str(hydra_cfg.hydra.job.name),
+                         status=JobStatus.FAILED, _return_value=error)
 
     def requeue(self, stop: Requeued) -> None:
         """After training stopped with its checkpoints: submitit's handler requeues the job and exits."""
