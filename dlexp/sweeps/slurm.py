@@ -62,7 +62,24 @@ class SlurmLauncher(HydraSlurmLauncher):
         except SystemExit:  # dlexp's exit after an interruption: if it was the warning, the sweep says so
             if warning is None or warning.decision is not False:
                 raise
-            return warning.not_requeued(list(args[0]))
+            overrides, _, num = args[:3]
+            return self.failed_return(list(overrides), num, warning.not_requeued())
+
+    def failed_return(self, overrides: list[str], num: int, error: Exception) -> JobReturn:
+        """A FAILED JobReturn with ``error``, for a job whose task ended without one (in the job, after
+        Hydra's ``run_job``: its config and folder made again as it makes them)."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config.hydra.job):
+            import submitit
+
+            sweep_config.hydra.job.id, sweep_config.hydra.job.num = submitit.JobEnvironment().job_id, num
+        folder = Path(str(sweep_config.hydra.sweep.dir), str(sweep_config.hydra.sweep.subdir)).absolute()
+        with open_dict(sweep_config.hydra.runtime):
+            sweep_config.hydra.runtime.output_dir = str(folder)
+        task_cfg = OmegaConf.masked_copy(sweep_config, [key for key in sweep_config if key != "hydra"])
+        return JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": sweep_config.hydra}),
+                         working_dir=str(folder), task_name=str(sweep_config.hydra.job.name),
+                         status=JobStatus.FAILED, _return_value=error)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         executor = self.executor()
@@ -169,21 +186,14 @@ class TimeLimitWarning:
                             "again continues them)", signal.Signals(self.signum).name, self.max_num_timeout)
         return self.decision
 
-    def not_requeued(self, overrides: list[str]) -> JobReturn:
-        """The job's result when the warning came once too often: the error the sweep lists (one line), as
-        for submitit's own ``UncompletedJobError`` (:meth:`SlurmLauncher.job_return`)."""
-        from hydra.core.hydra_config import HydraConfig
+    def not_requeued(self) -> Exception:
+        """The job's error when the warning came once too often (a one-line ``UncompletedJobError``, as
+        submitit's own: :meth:`SlurmLauncher.job_return` lists it)."""
         from submitit.core.utils import UncompletedJobError
 
-        hydra_cfg = HydraConfig.instance().cfg  # the job's, as Hydra's run_job set it
-        folder = Path(str(hydra_cfg.hydra.runtime.output_dir))
-        error = UncompletedJobError(
+        return UncompletedJobError(
             f"time limit reached again after {self.max_num_timeout} requeues (hydra.launcher.max_num_timeout): not "
             "requeued; its MLflow run ended KILLED with its checkpoints, the same command again continues it")
-        saved = folder / ".hydra" / "config.yaml"  # the job's config without hydra (hydra.output_subdir=.hydra)
-        return JobReturn(overrides=overrides, cfg=OmegaConf.load(saved) if saved.is_file() else OmegaConf.create({}),
-                         hydra_cfg=hydra_cfg, working_dir=str(folder), task_name=str(hydra_cfg.hydra.job.name),
-                         status=JobStatus.FAILED, _return_value=error)
 
     def requeue(self, stop: Requeued) -> None:
         """After training stopped with its checkpoints: submitit's handler requeues the job and exits."""
