@@ -385,3 +385,23 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
     epochs = fold_epochs(client, job)
     assert epochs == fold_epochs(local_client, local_job)
     assert all([step for step, _ in history["val_loss"]] == list(range(1, 3001)) for history in epochs.values())
+
+
+def test_past_max_num_timeout_the_job_ends_killed_with_its_checkpoint_and_the_sweep_says_why(server, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_dlexp("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+                       "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                       "hydra.launcher.max_num_timeout=0", *TIMED, "tracking.experiment_name=time_limit_0",
+                       f"tracking.uri={server}", f"hydra.sweep.dir={sweep_dir}", timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert error_lines(result.stderr) == [
+        "error: job #0 (trainer.strategy=sequential trainer.folds=2 trainer.max_epochs=3000 trainer.patience=null "
+        "tracking.experiment_name=time_limit_0): time limit reached, not requeued (hydra.launcher.max_num_timeout=0 "
+        "requeues used up); its MLflow run ended KILLED with its checkpoints: the same command again continues it"]
+    kinds = runs(MlflowClient(server), "time_limit_0")
+    (job,) = kinds["job"]
+    assert job.info.status == "KILLED" and job.data.tags["dlexp.error"] == "Interrupted: stopped by SIGUSR2"
+    assert {run.info.status for run in kinds["fold"]} == {"KILLED"}  # SLURM's warning came in fold 1
+    assert (Path(job.data.tags["dlexp.output_dir"]) / "checkpoints" / "fold_1.pt").is_file()
+    assert [row["status"] for row in jobs_table(sweep_dir)] == ["KILLED"]

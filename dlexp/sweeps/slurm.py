@@ -192,8 +192,8 @@ class TimeLimitWarning:
         from submitit.core.utils import UncompletedJobError
 
         return UncompletedJobError(
-            f"time limit reached again after {self.max_num_timeout} requeues (hydra.launcher.max_num_timeout): not "
-            "requeued; its MLflow run ended KILLED with its checkpoints, the same command again continues it")
+            f"time limit reached, not requeued (hydra.launcher.max_num_timeout={self.max_num_timeout} requeues used "
+            "up); its MLflow run ended KILLED with its checkpoints: the same command again continues it")
 
     def requeue(self, stop: Requeued) -> None:
         """After training stopped with its checkpoints: submitit's handler requeues the job and exits."""
