@@ -6,6 +6,7 @@ Raising ``Interrupted`` (a ``KeyboardInterrupt``) instead takes the same path as
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -52,6 +53,15 @@ def take_requeue_signal(signum: int, will_requeue: Callable[[], bool]) -> None:
 
 def requeue_signals() -> list[int]:
     return list(_requeue_signals)
+
+
+def ignore_requeue_signal() -> None:
+    """In a child process of a submitit job (dlexp's helper process, DataLoader workers): SLURM sends its
+    warning (``SIGUSR2``, or submitit's ``SUBMITIT_PREEMPT_SIGNAL``) to every process of the job, and its
+    default action ends a process; only the job's own process acts on it (it stops at an epoch's end and the
+    children with it), so a child ignores it instead of dying mid-write."""
+    if "SUBMITIT_FOLDER" in os.environ:  # set by submitit in the job, inherited by its children
+        signal.signal(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")), signal.SIG_IGN)
 
 
 def can_take_sigterm() -> bool:

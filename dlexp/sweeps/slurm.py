@@ -63,7 +63,9 @@ class SlurmLauncher(HydraSlurmLauncher):
             if warning is None or warning.decision is not False:
                 raise
             overrides, _, num = args[:3]
-            return self.failed_return(list(overrides), num, warning.not_requeued())
+            returned = self.failed_return(list(overrides), num, warning.not_requeued())
+            note_error(Path(returned.working_dir), str(returned._return_value))
+            return returned
 
     def failed_return(self, overrides: list[str], num: int, error: Exception) -> JobReturn:
         """A FAILED JobReturn with ``error``, for a job whose task ended without one (in the job, after
@@ -202,6 +204,17 @@ class TimeLimitWarning:
         log.warning("%s: checkpoint saved; the job is requeued and continues its MLflow run in its next attempt",
                     signal.Signals(self.signum).name)
         self.handler(self.signum, None)
+
+
+def note_error(folder: Path, error: str) -> None:
+    """Put ``error`` in the record a job left in ``folder`` (what the jobs table and the sweep's end say)."""
+    import json
+
+    from dlexp.sweeps.sweep import JOB_FILE
+
+    record_file = folder / JOB_FILE
+    if record_file.is_file():
+        record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "error": error}, indent=2))
 
 
 def wait_for(jobs: list, timeout: float | None = None) -> bool:
