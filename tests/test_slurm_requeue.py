@@ -164,3 +164,23 @@ def test_a_job_stopped_for_a_requeue_leaves_its_runs_running_and_the_next_attemp
         summary_numbers.pop("train_seconds")  # wall time: the one number no two runs share
     assert numbers["attempt2"] == numbers["plain"] and summary["best_fold"] == numbers["plain"]["best_fold"]
     assert (tmp_path / "attempt2" / "model.pt").read_bytes() == (tmp_path / "plain" / "model.pt").read_bytes()
+
+
+@pytest.mark.parametrize("in_job", [True, False])
+def test_the_job_s_child_processes_ignore_the_warning_only_inside_a_submitit_job(in_job):
+    # dlexp's helper process and DataLoader workers call this first: SLURM signals every process of the job.
+    import subprocess
+    import sys
+
+    from sweep_support import ROOT, dlexp_env
+
+    env = {key: value for key, value in dlexp_env().items() if key != "SUBMITIT_FOLDER"}
+    if in_job:
+        env["SUBMITIT_FOLDER"] = "/nowhere"
+    code = ("import os, signal; from dlexp.interrupts import ignore_requeue_signal; ignore_requeue_signal(); "
+            "os.kill(os.getpid(), signal.SIGUSR2); print('alive')")
+    child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    if in_job:
+        assert (child.returncode, child.stdout) == (0, "alive\n"), child.stderr
+    else:
+        assert child.returncode == -signal.SIGUSR2  # elsewhere the signal keeps its default action
