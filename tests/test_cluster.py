@@ -308,10 +308,10 @@ def release_requeued(array_id: str, sweep: subprocess.Popen) -> None:
     """While the sweep runs: start each requeued attempt as soon as it is pending (SLURM holds a requeued job
     for a while, BeginTime), so the test waits for the work, not for SLURM's hold."""
     while sweep.poll() is None:
-        listed = subprocess.run(["squeue", "-h", "-j", array_id, "-o", "%i %T %r"], capture_output=True, text=True)
+        listed = subprocess.run(["squeue", "-h", "-j", array_id, "-o", "%i %T"], capture_output=True, text=True)
         for line in listed.stdout.splitlines():
-            job, state, reason = (line.split() + ["", ""])[:3]
-            if state == "PENDING" and reason == "BeginTime":
+            job, state = (line.split() + [""])[:2]
+            if state == "PENDING":
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         time.sleep(1)
 
@@ -333,9 +333,11 @@ def fold_epochs(client: MlflowClient, job) -> dict[str, dict[str, list]]:
 def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninterrupted_runs_numbers(server, tmp_path):
     # timeout_min=1: SLURM warns each attempt 30 s before its limit (its time checks come every 30 s); the job
     # checkpoints at the epoch's end and is requeued, its next attempt continuing the same MLflow run.
-    local = subprocess.Popen([sys.executable, "-m", "dlexp", *TIMED, "trainer.progress=false",
-                              f"tracking.uri=sqlite:///{tmp_path}/local.db", f"hydra.run.dir={tmp_path}/local"],
-                             cwd=ROOT, env=dlexp_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    local_log = tmp_path / "local.log"  # a file, not a pipe: nobody reads it while both run
+    with local_log.open("w") as log_file:
+        local = subprocess.Popen([sys.executable, "-m", "dlexp", *TIMED, "trainer.progress=false",
+                                  f"tracking.uri=sqlite:///{tmp_path}/local.db", f"hydra.run.dir={tmp_path}/local"],
+                                 cwd=ROOT, env=dlexp_env(), stdout=log_file, stderr=subprocess.STDOUT)
     sweep_dir = tmp_path / "sweep"
     sweep = start_sweep("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
                         "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
@@ -349,12 +351,12 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
         slurm_id = slurm_jobs(sweep_dir)[0]
         release_requeued(slurm_id.split("_")[0], sweep)
         _, stderr = sweep.communicate(timeout=900)
-        _, local_stderr = local.communicate(timeout=600)
+        local.wait(timeout=600)
     finally:
         sweep.kill()
         local.kill()
     assert sweep.returncode == 0, stderr[-3000:]
-    assert local.returncode == 0, local_stderr[-3000:]
+    assert local.returncode == 0, local_log.read_text()[-3000:]
     assert not error_lines(stderr) and "Traceback" not in stderr
 
     # SLURM ran it several times: every attempt but the last was requeued after its warning.
