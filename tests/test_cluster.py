@@ -301,7 +301,7 @@ def test_a_trial_cancelled_with_scancel_is_a_failed_trial_and_the_search_goes_on
 
 #: ~2.5 min of training (one fold after the other, every epoch, no early stop) under SLURM's shortest time limit.
 TIMED = ["+experiment=spiral", "plots.grid_resolution=20", "trainer.strategy=sequential", "trainer.folds=2",
-         "trainer.max_epochs=3000", "trainer.patience=null", "tracking.experiment_name=time_limit"]
+         "trainer.max_epochs=3000", "trainer.patience=null"]
 
 
 def release_requeued(array_id: str, sweep: subprocess.Popen) -> None:
@@ -335,13 +335,15 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
     # checkpoints at the epoch's end and is requeued, its next attempt continuing the same MLflow run.
     local_log = tmp_path / "local.log"  # a file, not a pipe: nobody reads it while both run
     with local_log.open("w") as log_file:
-        local = subprocess.Popen([sys.executable, "-m", "dlexp", *TIMED, "trainer.progress=false",
+        local = subprocess.Popen([sys.executable, "-m", "dlexp", *TIMED, "tracking.experiment_name=time_limit",
+                                  "trainer.progress=false",
                                   f"tracking.uri=sqlite:///{tmp_path}/local.db", f"hydra.run.dir={tmp_path}/local"],
                                  cwd=ROOT, env=dlexp_env(), stdout=log_file, stderr=subprocess.STDOUT)
     sweep_dir = tmp_path / "sweep"
     sweep = start_sweep("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
                         "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
-                        "hydra.launcher.max_num_timeout=20", *TIMED, f"tracking.uri={server}",
+                        "hydra.launcher.max_num_timeout=20", *TIMED, "tracking.experiment_name=time_limit",
+                        f"tracking.uri={server}",
                         f"hydra.sweep.dir={sweep_dir}")
     try:
         deadline = time.monotonic() + 60
