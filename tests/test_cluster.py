@@ -331,7 +331,8 @@ def fold_epochs(client: MlflowClient, job) -> dict[str, dict[str, list]]:
 
 
 def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninterrupted_runs_numbers(server, tmp_path):
-    # timeout_min=1: SLURM warns each attempt 30 s before its limit (its time checks come every 30 s); the job
+    # timeout_min=1: SLURM's time checks come every 30 s and may send the warning up to 60 s early, so with
+    # signal_delay_s=1 each attempt gets it 29-59 s in (measured: ~30 s), at least 30 s before its limit. The job
     # checkpoints at the epoch's end and is requeued, its next attempt continuing the same MLflow run.
     local_log = tmp_path / "local.log"  # a file, not a pipe: nobody reads it while both run
     with local_log.open("w") as log_file:
@@ -341,17 +342,17 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
                                  cwd=ROOT, env=dlexp_env(), stdout=log_file, stderr=subprocess.STDOUT)
     sweep_dir = tmp_path / "sweep"
     sweep = start_sweep("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-                        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
                         "hydra.launcher.max_num_timeout=20", *TIMED, "tracking.experiment_name=time_limit",
                         f"tracking.uri={server}",
                         f"hydra.sweep.dir={sweep_dir}")
     try:
         deadline = time.monotonic() + 60
-        while not (sweep_dir / ".submitit").is_dir() or not slurm_jobs(sweep_dir):
-            assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[1][-3000:]
+        while not (submitted := [path.name for path in sweep_dir.glob(".submitit/*") if path.name.isdigit()]):
+            assert sweep.poll() is None and time.monotonic() < deadline, "the sweep submitted no job"
             time.sleep(0.5)
-        slurm_id = slurm_jobs(sweep_dir)[0]
-        release_requeued(slurm_id.split("_")[0], sweep)
+        (slurm_id,) = submitted  # one job: submitit submits it alone, not as an array
+        release_requeued(slurm_id, sweep)
         _, stderr = sweep.communicate(timeout=900)
         local.wait(timeout=600)
     finally:
@@ -400,7 +401,7 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
 def test_past_max_num_timeout_the_job_ends_killed_with_its_checkpoint_and_the_sweep_says_why(server, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_dlexp("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-                       "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                       "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
                        "hydra.launcher.max_num_timeout=0", *TIMED, "tracking.experiment_name=time_limit_0",
                        f"tracking.uri={server}", f"hydra.sweep.dir={sweep_dir}", timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
