@@ -302,8 +302,10 @@ def test_a_trial_cancelled_with_scancel_is_a_failed_trial_and_the_search_goes_on
 #: 2000 epochs, one fold after the other, no early stop: ~1 min of training on an idle machine (25-40 ms an
 #: epoch), which attempts of ~30 s under SLURM's shortest time limit, each starting Python again, do in 3-5.
 EPOCHS = 1000
+#: No MLflow models (their export takes seconds): after its training, a job's last attempt has its pictures,
+#: summary and model.pt to make before its warning, and a busy node takes ~30 s to start an attempt.
 TIMED = ["+experiment=spiral", "plots.grid_resolution=20", "trainer.strategy=sequential", "trainer.folds=2",
-         f"trainer.max_epochs={EPOCHS}", "trainer.patience=null"]
+         f"trainer.max_epochs={EPOCHS}", "trainer.patience=null", "tracking.log_models=false"]
 
 
 def release_requeued(array_id: str, sweep: subprocess.Popen) -> None:
