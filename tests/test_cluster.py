@@ -408,11 +408,13 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
 
 
 def test_past_max_num_timeout_the_job_ends_killed_with_its_checkpoint_and_the_sweep_says_why(server, tmp_path):
+    # A 2-minute limit (the warning ~90 s in), so that even a busy node is training fold 1 of 5000 epochs by then.
     sweep_dir = tmp_path / "sweep"
     result = run_dlexp("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-                       "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
-                       "hydra.launcher.max_num_timeout=0", *TIMED, "tracking.experiment_name=time_limit_0",
-                       f"tracking.uri={server}", f"hydra.sweep.dir={sweep_dir}", timeout=300)
+                       "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=1",
+                       "hydra.launcher.max_num_timeout=0", *(o for o in TIMED if "max_epochs" not in o),
+                       "trainer.max_epochs=5000", "tracking.experiment_name=time_limit_0", f"tracking.uri={server}",
+                       f"hydra.sweep.dir={sweep_dir}", timeout=400)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     (line,) = error_lines(result.stderr)
