@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from dlexp.config.paths import absolute_paths
 from dlexp.config.validation import validate_config
 from dlexp.errors import find_user_error
-from dlexp.interrupts import sigterm_as_interrupt
+from dlexp.interrupts import Requeued, sigterm_as_interrupt
 from dlexp.locations import CONF_DIR
 from dlexp.logfile import report_end
 from dlexp.sweeps.sweep import SweepJob, job_sweep_dir
@@ -59,6 +59,8 @@ def main(cfg: DictConfig) -> float:
         report_failed_run(cfg, output_dir)
         report_end(f"error: {user_error}")  # on stderr and in the run's log file (dlexp.log)
         sys.exit(2)
+    except Requeued:  # SLURM's warning of a time limit or preemption: the launcher requeues the job
+        raise
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM as Interrupted
         report_failed_run(cfg, output_dir)
         from dlexp.tracking.offline import pending_in

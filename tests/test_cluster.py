@@ -1,6 +1,7 @@
 """Sweeps on a real SLURM cluster (scripts/slurm_cluster.sh) through ``hydra/launcher=slurm``, logging to a
 PostgreSQL-backed tracking server, and what the cluster does to jobs: ``scancel``, a job killed without a
-word (SIGKILL), ``scontrol requeue``; a search whose trials are cluster jobs. Everything is read back from the server.
+word (SIGKILL), ``scontrol requeue``, a time limit shorter than the job (requeued until it finishes); a search
+whose trials are cluster jobs. Everything is read back from the server.
 
 The cluster is this machine, so any folder is shared with the node; on a real cluster the sweep folder must
 be on a filesystem every node sees (README, "Parallel and cluster sweeps").
@@ -9,6 +10,7 @@ be on a filesystem every node sees (README, "Parallel and cluster sweeps").
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from service_support import mlflow_server, new_database, require_cluster
-from sweep_support import ROOT, dlexp_env, run_dlexp
+from sweep_support import ROOT, dlexp_env, run_dlexp, runs_by_kind
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
 
@@ -295,3 +297,133 @@ def test_a_trial_cancelled_with_scancel_is_a_failed_trial_and_the_search_goes_on
     results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert dict(results.trials) == {"COMPLETE": 1, "PRUNED": 0, "FAIL": 1, "INTERRUPTED": 0}
     assert results.best_trial == 0
+
+
+#: 2000 epochs, one fold after the other, no early stop: ~1 min of training on an idle machine (25-40 ms an
+#: epoch), which attempts of ~30 s under SLURM's shortest time limit, each starting Python again, do in 3-5.
+EPOCHS = 1000
+#: No MLflow models (their export takes seconds): after its training, a job's last attempt has its pictures,
+#: summary and model.pt to make before its warning, and a busy node takes ~30 s to start an attempt.
+TIMED = ["+experiment=spiral", "plots.grid_resolution=20", "trainer.strategy=sequential", "trainer.folds=2",
+         f"trainer.max_epochs={EPOCHS}", "trainer.patience=null", "tracking.log_models=false"]
+
+
+def release_requeued(array_id: str, sweep: subprocess.Popen) -> None:
+    """While the sweep runs: start each requeued attempt as soon as it is pending (SLURM holds a requeued job
+    for a while, BeginTime), so the test waits for the work, not for SLURM's hold."""
+    while sweep.poll() is None:
+        listed = subprocess.run(["squeue", "-h", "-j", array_id, "-o", "%i %T"], capture_output=True, text=True)
+        for line in listed.stdout.splitlines():
+            job, state = (line.split() + [""])[:2]
+            if state == "PENDING":
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        time.sleep(1)
+
+
+def epoch_of(checkpoint: Path) -> int:
+    import torch
+
+    return int(torch.load(checkpoint, weights_only=True)["epoch"])
+
+
+def fold_epochs(client: MlflowClient, job) -> dict[str, dict[str, list]]:
+    """Per fold of a job run: every logged (step, value) of its per-epoch metrics."""
+    experiment = job.info.experiment_id
+    folds = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{job.info.run_id}'")
+    return {fold.data.tags["dlexp.fold"]: {key: sorted((m.step, m.value) for m in client.get_metric_history(
+        fold.info.run_id, key)) for key in ("train_loss", "val_loss", "val_acc", "lr")} for fold in folds}
+
+
+def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninterrupted_runs_numbers(server, tmp_path):
+    # timeout_min=1: SLURM's time checks come every 30 s and may send the warning up to 60 s early, so with
+    # signal_delay_s=1 each attempt gets it 29-59 s in (measured: ~30 s), at least 30 s before its limit. The job
+    # checkpoints at the epoch's end and is requeued, its next attempt continuing the same MLflow run.
+    local_log = tmp_path / "local.log"  # a file, not a pipe: nobody reads it while both run
+    with local_log.open("w") as log_file:
+        local = subprocess.Popen([sys.executable, "-m", "dlexp", *TIMED, "tracking.experiment_name=time_limit",
+                                  "trainer.progress=false",
+                                  f"tracking.uri=sqlite:///{tmp_path}/local.db", f"hydra.run.dir={tmp_path}/local"],
+                                 cwd=ROOT, env=dlexp_env(), stdout=log_file, stderr=subprocess.STDOUT)
+    sweep_dir = tmp_path / "sweep"
+    sweep = start_sweep("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+                        "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=1",
+                        "hydra.launcher.max_num_timeout=30", *TIMED, "tracking.experiment_name=time_limit",
+                        f"tracking.uri={server}",
+                        f"hydra.sweep.dir={sweep_dir}")
+    try:
+        deadline = time.monotonic() + 60
+        while not (submitted := [path.name for path in sweep_dir.glob(".submitit/*") if path.name.isdigit()]):
+            assert sweep.poll() is None and time.monotonic() < deadline, "the sweep submitted no job"
+            time.sleep(0.5)
+        (slurm_id,) = submitted  # one job: submitit submits it alone, not as an array
+        release_requeued(slurm_id, sweep)
+        _, stderr = sweep.communicate(timeout=1200)
+        local.wait(timeout=600)
+    finally:
+        sweep.kill()
+        local.kill()
+    assert sweep.returncode == 0, stderr[-3000:]
+    assert local.returncode == 0, local_log.read_text()[-3000:]
+    assert not error_lines(stderr) and "Traceback" not in stderr
+
+    # SLURM ran it several times: every attempt but the last was requeued after its warning.
+    deadline = time.monotonic() + 60
+    while True:  # SLURM's accounting may lag the job's end by a few seconds
+        attempts = subprocess.check_output(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", slurm_id],
+                                           text=True).split()
+        states = [row.split("|")[1] for row in attempts]
+        if states[-1:] == ["COMPLETED"] or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    requeued = states.count("REQUEUED")
+    assert requeued >= 2 and states[-1] == "COMPLETED" and len(states) == requeued + 1, states
+    log = "".join(path.read_text() for path in (sweep_dir / ".submitit" / slurm_id).glob("*_log.*"))
+    assert log.count("checkpoint saved; the job is requeued") == requeued, log[-3000:]
+
+    # The sweep reports one job: one run, FINISHED, continued by every requeued attempt, each epoch once.
+    client = MlflowClient(server)
+    kinds = runs(client, "time_limit")
+    assert len(kinds["job"]) == 1 and len(kinds["fold"]) == 2 and kinds["sweep"][0].info.status == "FINISHED"
+    job = kinds["job"][0]
+    # (an attempt that got its warning before it reached its run, on a busy node, continues none)
+    assert job.info.status == "FINISHED" and 2 <= int(job.data.tags["dlexp.resumed"]) <= requeued
+    assert "dlexp.error" not in job.data.tags
+    assert {run.info.status for run in kinds["fold"]} == {"FINISHED"}
+    table = jobs_table(sweep_dir)
+    assert [(row["status"], row["run_id"]) for row in table] == [("FINISHED", job.info.run_id)]
+
+    # ... with the numbers of the same training never interrupted (run here, without SLURM).
+    folder = Path(job.data.tags["dlexp.output_dir"])
+    summary = {name: json.loads((path / "summary.json").read_text()) for name, path in
+               (("slurm", folder), ("local", tmp_path / "local"))}
+    for numbers in summary.values():
+        numbers.pop("train_seconds")  # wall time: the one number no two runs share
+    assert summary["slurm"] == summary["local"]
+    assert (folder / "model.pt").read_bytes() == (tmp_path / "local" / "model.pt").read_bytes()
+    local_client = MlflowClient(f"sqlite:///{tmp_path}/local.db")
+    (local_job,) = runs_by_kind(local_client, "time_limit")[1]
+    epochs = fold_epochs(client, job)
+    assert epochs == fold_epochs(local_client, local_job)
+    assert all([step for step, _ in history["val_loss"]] == list(range(1, EPOCHS + 1)) for history in epochs.values())
+
+
+def test_past_max_num_timeout_the_job_ends_killed_with_its_checkpoint_and_the_sweep_says_why(server, tmp_path):
+    # A 2-minute limit (the warning ~90 s in), so that even a busy node is training fold 1 of 5000 epochs by then.
+    sweep_dir = tmp_path / "sweep"
+    result = run_dlexp("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+                       "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=1",
+                       "hydra.launcher.max_num_timeout=0", *(o for o in TIMED if "max_epochs" not in o),
+                       "trainer.max_epochs=5000", "tracking.experiment_name=time_limit_0", f"tracking.uri={server}",
+                       f"hydra.sweep.dir={sweep_dir}", timeout=400)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith("error: job #0 (") and line.endswith(
+        "): time limit reached, not requeued (hydra.launcher.max_num_timeout=0 requeues used up); its MLflow run "
+        "ended KILLED with its checkpoints: the same command again continues it"), line
+    kinds = runs(MlflowClient(server), "time_limit_0")
+    (job,) = kinds["job"]
+    assert job.info.status == "KILLED" and job.data.tags["dlexp.error"] == "Interrupted: stopped by SIGUSR2"
+    assert [run.info.status for run in kinds["fold"]] == ["KILLED"]  # SLURM's warning came in fold 1
+    assert epoch_of(Path(job.data.tags["dlexp.output_dir"]) / "checkpoints" / "fold_1.pt") > 0
+    assert [row["status"] for row in jobs_table(sweep_dir)] == ["KILLED"]

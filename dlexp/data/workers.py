@@ -24,6 +24,7 @@ from multiprocessing.context import BaseContext
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dlexp.errors import DlexpError
+from dlexp.interrupts import ignore_requeue_signal
 
 #: The start methods plain multiprocessing (and so torch's DataLoader) can start a worker with.
 STANDARD_METHODS = ("fork", "spawn", "forkserver")
@@ -68,6 +69,10 @@ def _collate(items: list) -> object:
     return next((item for item in items if isinstance(item, _Failed)), None) or default_collate(items)
 
 
+def _worker_start(worker_id: int) -> None:
+    ignore_requeue_signal()  # SLURM's warning is for the job's own process (dlexp.sweeps.slurm)
+
+
 def batches(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator:
     """The dataset's items in order, ``batch_size`` at a time, collated as a DataLoader does, read by
     ``num_workers`` worker processes (0: in this process).
@@ -77,7 +82,8 @@ def batches(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator:
     """
     num_workers, context = worker_context(num_workers)
     loader = DataLoader(_CarryErrors(dataset), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate, multiprocessing_context=context, persistent_workers=False)
+                        collate_fn=_collate, multiprocessing_context=context, persistent_workers=False,
+                        worker_init_fn=_worker_start if num_workers else None)
     try:
         for batch in loader:
             if isinstance(batch, _Failed):

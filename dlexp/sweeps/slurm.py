@@ -7,6 +7,10 @@ preemption), so ``scancel`` or a requeue killed it after ``KillWait`` with its M
 - in the job, SIGTERM raises ``Interrupted`` like Ctrl-C (at the end of the epoch, after a checkpoint), so a
   cancelled or requeued job ends its run KILLED (with the folds it finished) before SLURM's SIGKILL; a
   requeued job then continues that run from its checkpoints (dlexp.tracking.resume);
+- in the job, SLURM's warning signal before its time limit (and at a preemption, where the cluster sends it)
+  stops training at the end of the epoch, after a checkpoint, leaves the runs RUNNING, and submitit requeues
+  the job (``max_num_timeout`` times at most for time limits): the next attempt continues the same runs and the
+  sweep sees one job that ended FINISHED (:class:`TimeLimitWarning`);
 - in the sweep, every job is waited for (SLURM is asked at least every ``POLL_SECONDS``, so a job that dies
   silently is noticed soon), and a job that left no result does not stop the sweep: its run, if still
   RUNNING, is ended (KILLED if SLURM cancelled the job, else FAILED), its folder gets the record and
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +35,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dlexp.interrupts import take_sigterm
+from dlexp.interrupts import Requeued, take_requeue_signal, take_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,39 @@ class SlurmLauncher(HydraSlurmLauncher):
     """Hydra's ``submitit_slurm`` launcher (same options) that reports a dead job instead of raising."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> JobReturn:
-        """Runs in the job, on the node: SIGTERM (scancel, requeue, preemption) ends the job's runs KILLED."""
+        """Runs in the job, on the node: SIGTERM (scancel, requeue) ends the job's runs KILLED; SLURM's warning
+        of a time limit or preemption checkpoints and requeues it (:class:`TimeLimitWarning`)."""
         take_sigterm()
-        return super().__call__(*args, **kwargs)
+        warning = TimeLimitWarning.take(int(self.params.get("max_num_timeout", 0)))
+        try:
+            return super().__call__(*args, **kwargs)
+        except Requeued as stop:
+            if warning is not None:
+                warning.requeue(stop)  # does not return: submitit requeues the job and ends this process
+            raise
+        except SystemExit:  # dlexp's exit after an interruption: if it was the warning, the sweep says so
+            if warning is None or warning.decision is not False:
+                raise
+            overrides, _, num = args[:3]
+            returned = self.failed_return(list(overrides), num, warning.not_requeued())
+            note_error(Path(returned.working_dir), str(returned._return_value))
+            return returned
+
+    def failed_return(self, overrides: list[str], num: int, error: Exception) -> JobReturn:
+        """A FAILED JobReturn with ``error``, for a job whose task ended without one (in the job, after
+        Hydra's ``run_job``: its config and folder made again as it makes them)."""
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(sweep_config.hydra.job):
+            import submitit
+
+            sweep_config.hydra.job.id, sweep_config.hydra.job.num = submitit.JobEnvironment().job_id, num
+        folder = Path(str(sweep_config.hydra.sweep.dir), str(sweep_config.hydra.sweep.subdir)).absolute()
+        with open_dict(sweep_config.hydra.runtime):
+            sweep_config.hydra.runtime.output_dir = str(folder)
+        task_cfg = OmegaConf.masked_copy(sweep_config, [key for key in sweep_config if key != "hydra"])
+        return JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": sweep_config.hydra}),
+                         working_dir=str(folder), task_name=str(sweep_config.hydra.job.name),
+                         status=JobStatus.FAILED, _return_value=error)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         executor = self.executor()
@@ -85,8 +120,8 @@ class SlurmLauncher(HydraSlurmLauncher):
         if error is None:
             returned = job.results()[0]
             if returned.status == JobStatus.FAILED and type(returned._return_value).__name__ == "UncompletedJobError":
-                # Wall time reached and not requeued (submitit's USR2): the job ended its run FAILED and left
-                # its record; the sweep goes on and lists it at the end.
+                # Wall time reached and not requeued (SLURM's warning, TimeLimitWarning): the job ended its run
+                # KILLED and left its record; the sweep goes on and lists it at the end.
                 log.error("job #%d (%s): %s", num, " ".join(filter_overrides(overrides)), returned._return_value)
                 returned.status, returned.return_value = JobStatus.COMPLETED, math.nan
             return returned
@@ -103,6 +138,83 @@ class SlurmLauncher(HydraSlurmLauncher):
         return JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": sweep_config.hydra}),
                          working_dir=str(folder), task_name=str(sweep_config.hydra.job.name),
                          status=JobStatus.COMPLETED, _return_value=math.nan)
+
+
+class TimeLimitWarning:
+    """SLURM's warning signal (submitit's ``--signal=USR2@signal_delay_s``: ``signal_delay_s`` seconds before
+    the job's time limit, and at a preemption where the cluster sends it), made dlexp's in the job.
+
+    submitit's own handler requeues the job at once, wherever training is, and the job's end in between
+    (``sys.exit``) ended its MLflow runs. Here the signal stops training at the end of the epoch, after a
+    checkpoint (dlexp.training.checkpoint.stop_at_epoch_end), with ``Requeued``: the MLflow runs stay RUNNING;
+    then submitit's handler does what it does (it calls the launcher's ``checkpoint``, which resubmits the
+    same call, requeues the job with ``scontrol requeue`` and exits), and the next attempt continues the runs
+    from the checkpoints (dlexp.tracking.resume). When submitit will not requeue (the time limit was reached
+    more than ``max_num_timeout`` times), the stop is a plain ``Interrupted``: the runs end KILLED with their
+    checkpoints, which the same command run again continues.
+    """
+
+    def __init__(self, signum: int, handler, max_num_timeout: int) -> None:
+        self.signum, self.handler = signum, handler  # handler: submitit's SignalHandler.checkpoint_and_try_requeue
+        self.max_num_timeout = max_num_timeout
+        self.decision: bool | None = None
+
+    @classmethod
+    def take(cls, max_num_timeout: int) -> TimeLimitWarning | None:
+        """Take submitit's signal in this job's process; None where submitit did not install its handler."""
+        import submitit
+
+        signum = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
+        handler = signal.getsignal(signum)
+        if not hasattr(getattr(handler, "__self__", None), "has_timed_out"):
+            return None
+        warning = cls(signum, handler, max_num_timeout)
+        take_requeue_signal(signum, warning.will_requeue)
+        return warning
+
+    def will_requeue(self) -> bool:
+        """Whether submitit will requeue the job, by its own rule (submitit 1.5, ``SignalHandler.
+        checkpoint_and_try_requeue``): a signal after min(0.8 x limit, limit - 10 min) of run time is a
+        timeout, and a job is requeued after a preemption or its first ``max_num_timeout`` timeouts. Decided
+        once, when the signal stops the job; submitit's handler is given the same answer when it runs."""
+        if self.decision is None:
+            owner = self.handler.__self__
+            timed_out = owner.has_timed_out()
+            owner.has_timed_out = lambda: timed_out
+            self.decision = owner._delayed._timeout_countdown - timed_out >= 0
+            if not self.decision:
+                log.warning("%s: the time limit was reached more than hydra.launcher.max_num_timeout=%d times; "
+                            "the job is not requeued: its runs end KILLED with their checkpoints (the same command "
+                            "again continues them)", signal.Signals(self.signum).name, self.max_num_timeout)
+        return self.decision
+
+    def not_requeued(self) -> Exception:
+        """The job's error when the warning came once too often (a one-line ``UncompletedJobError``, as
+        submitit's own: :meth:`SlurmLauncher.job_return` lists it)."""
+        from submitit.core.utils import UncompletedJobError
+
+        return UncompletedJobError(
+            f"time limit reached, not requeued (hydra.launcher.max_num_timeout={self.max_num_timeout} requeues used "
+            "up); its MLflow run ended KILLED with its checkpoints: the same command again continues it")
+
+    def requeue(self, stop: Requeued) -> None:
+        """After training stopped with its checkpoints: submitit's handler requeues the job and exits."""
+        owner = self.handler.__self__
+        signal.signal(signal.SIGTERM, owner.bypass)  # `scontrol requeue` sends SIGTERM: the job is leaving anyway
+        log.warning("%s: checkpoint saved; the job is requeued and continues its MLflow run in its next attempt",
+                    signal.Signals(self.signum).name)
+        self.handler(self.signum, None)
+
+
+def note_error(folder: Path, error: str) -> None:
+    """Put ``error`` in the record a job left in ``folder`` (what the jobs table and the sweep's end say)."""
+    import json
+
+    from dlexp.sweeps.sweep import JOB_FILE
+
+    record_file = folder / JOB_FILE
+    if record_file.is_file():
+        record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "error": error}, indent=2))
 
 
 def wait_for(jobs: list, timeout: float | None = None) -> bool:

@@ -35,7 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import find_user_error
-from dlexp.interrupts import can_take_sigterm, release_sigterm, take_sigterm
+from dlexp.interrupts import Requeued, can_take_sigterm, release_sigterm, take_sigterm
 from dlexp.logfile import report_end
 from dlexp.reports.metric_names import SUMMARY_METRICS
 from dlexp.sweeps.search.pruning import PRUNED_TAG
@@ -403,10 +403,12 @@ class SweepJob:
             self.write_record(previous.info.run_id, reused=True)
             return previous.data.metrics.get(tracking.best_metric, math.nan)
         error = pruned = None
+        requeued = False
         try:
             summary = train(self.tags)
             return float(summary.get(tracking.best_metric, math.nan))
         except BaseException as exc:
+            requeued = isinstance(exc, Requeued)  # stopped to go on in its next attempt, which leaves the record
             if is_pruned(exc):  # a search's pruner stopped this trial: a result, not a failure
                 pruned = str(exc)
                 return math.nan
@@ -417,12 +419,13 @@ class SweepJob:
             report_end(f"[job {self.num}] error: {error}")  # on stderr and in the job's log file (dlexp.log)
             return math.nan
         finally:
-            run_id = self.own_run_id(experiment_id)
-            if pruned:
-                record_pruned(run_id, self.output_dir, pruned)
-            self.write_record(run_id, reused=False, error=error, pruned=bool(pruned))
-            if cfg.trainer.get("progress", True):
-                report_progress(self.output_dir.parent)
+            if not requeued:
+                run_id = self.own_run_id(experiment_id)
+                if pruned:
+                    record_pruned(run_id, self.output_dir, pruned)
+                self.write_record(run_id, reused=False, error=error, pruned=bool(pruned))
+                if cfg.trainer.get("progress", True):
+                    report_progress(self.output_dir.parent)
 
     def reusable_run(self, experiment_id: str, cfg: DictConfig):
         """This sweep's FINISHED run of the same config made by the same code, or None.

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
+from dlexp.interrupts import ignore_requeue_signal
+
 log = logging.getLogger(__name__)
 
 _pool: ProcessPoolExecutor | None = None
@@ -39,6 +41,7 @@ def _start_helper() -> None:
     """In the helper process: Ctrl-C reaches the whole process group, but only dlexp's own process decides
     what to do with it (finish or drop the pictures); the helper must not die mid-picture."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_requeue_signal()  # SLURM's warning before a time limit, likewise (dlexp.sweeps.slurm)
     import mlflow.tracking  # noqa: F401  (loaded once, before the first write or picture is asked for)
 
     import dlexp.reports.plots  # noqa: F401

@@ -27,6 +27,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
 
+from dlexp.interrupts import Requeued
 from dlexp.tracking.background import HelperClient, Writer
 from dlexp.tracking.naming import fold_run_name
 from dlexp.tracking.store import one_line
@@ -167,6 +168,8 @@ class FoldRuns(TrainingHooks):
             pass
         finally:
             self.writer.abort()
+        if isinstance(error, Requeued):  # the job's next attempt continues these fold runs: they stay RUNNING
+            return
         journal = self.writer.journal
         if journal is not None and journal.offline:  # the server is away: the folds' ends wait for the sync
             for fold in self.running:

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from dlexp.errors import DlexpError
+from dlexp.interrupts import Requeued
 from dlexp.locations import CHECKOUT
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -346,7 +347,8 @@ def one_line(error: BaseException) -> str:
 @contextmanager
 def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | None = None,
                failure_file: Path | None = None, run_id: str | None = None, journal=None) -> Iterator:
-    """Start a run and always end it: FINISHED, FAILED (error tagged) or KILLED (interrupted).
+    """Start a run and always end it: FINISHED, FAILED (error tagged) or KILLED (interrupted); a job stopped
+    to be requeued (``dlexp.interrupts.Requeued``) leaves it RUNNING for its next attempt to continue.
 
     Ending the run on every path is what lets the next job of a sweep start cleanly. ``failure_file``
     (in the job's run folder) gets the status and the error when the run does not finish, so the folder
@@ -362,6 +364,14 @@ def mlflow_run(run_name: str, nested: bool = False, tags: Mapping[str, str] | No
         raise refusal(mlflow.get_tracking_uri(), "(the active one)", error) from error
     try:
         yield run
+    except Requeued:  # the job's next attempt continues the run (dlexp.sweeps.slurm): the store keeps RUNNING
+        if journal is None:
+            mlflow.end_run("RUNNING")  # only MLflow's active run here ends
+        else:
+            from dlexp.tracking.offline import end_run
+
+            end_run(journal, run.info.run_id, "RUNNING")
+        raise
     except BaseException as error:
         killed = isinstance(error, KeyboardInterrupt | SystemExit)
         status = RunStatus.to_string(RunStatus.KILLED if killed else RunStatus.FAILED)

@@ -208,10 +208,10 @@ class EpochCheckpoint:
             self.owner.save(self.name, {"epoch": epoch, **state()})
             self.last_epoch, self.last_time = epoch, time.monotonic()
         if stopping is not None:
-            from dlexp.interrupts import Interrupted
+            from dlexp.interrupts import stop_error
 
             log.warning("stopped after epoch %d; checkpoint saved in %s", epoch, self.owner.path(self.name))
-            raise Interrupted(stopping)
+            raise stop_error(stopping)
 
     def remove(self) -> None:
         self.owner.remove(self.name)
@@ -305,21 +305,27 @@ def _takes(signum: int) -> bool:
 @contextmanager
 def stop_at_epoch_end(checkpoints: Checkpoints | None) -> Iterator[None]:
     """While training: the first SIGTERM or Ctrl-C lets the current epoch end and saves a checkpoint before
-    the job stops (``EpochCheckpoint.epoch_end`` raises ``Interrupted``); a second one stops at once.
+    the job stops (``EpochCheckpoint.epoch_end`` raises ``Interrupted``); a second one stops at once. A signal
+    that announces a requeue (``dlexp.interrupts.take_requeue_signal``: SLURM's warning before a time limit or
+    a preemption) does the same with ``Requeued``, and a SIGTERM besides it does not change that plan.
 
     Only in the main thread and with checkpoints on; otherwise signals act as they did.
     """
     if checkpoints is None or checkpoints.every is None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = [s for s in (signal.SIGINT, signal.SIGTERM) if _takes(s)]
+    from dlexp.interrupts import requeue_signals, stop_error
+
+    # SLURM's warning before a time limit or a preemption too, where a launcher made it dlexp's (dlexp.sweeps.slurm)
+    signals = [s for s in (signal.SIGINT, signal.SIGTERM, *requeue_signals()) if _takes(s)]
     previous = {s: signal.getsignal(s) for s in signals}
 
     def ask_to_stop(signum: int, frame) -> None:
-        from dlexp.interrupts import Interrupted
-
-        if checkpoints.stop_signal is not None:
-            raise Interrupted(signum)
+        pending, requeues = checkpoints.stop_signal, requeue_signals()
+        if pending is not None and (pending == signum or (pending not in requeues and signum not in requeues)):
+            raise stop_error(signum)
+        if pending in requeues:  # a SIGTERM after SLURM's warning: the requeue it announced stays the plan
+            return
         checkpoints.stop_signal = signum
         log.warning("%s: stopping at the end of this epoch, after saving a checkpoint (send it again to stop "
                     "at once)", signal.Signals(signum).name)
@@ -332,6 +338,4 @@ def stop_at_epoch_end(checkpoints: Checkpoints | None) -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if checkpoints.stop_signal is not None:  # asked between epochs or after the last one: stop now
-        from dlexp.interrupts import Interrupted
-
-        raise Interrupted(checkpoints.stop_signal)
+        raise stop_error(checkpoints.stop_signal)
