@@ -231,6 +231,7 @@ class TrainingRequest:
     y: torch.Tensor
     batch_size: int
     checkpoints: Checkpoints | None
+    seconds: float | None = None  # how long training took: set by a launcher that trains it with others
 
 
 def batched_steps(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Tensor, y: torch.Tensor,
@@ -245,7 +246,11 @@ def batched_steps(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.T
                            cfg.trainer, hooks, checkpoints, done)
     results = None
     if batched.job is not None:
-        results = yield TrainingRequest(batched.job, x, y, int(cfg.trainer.batch_size), checkpoints)
+        request = TrainingRequest(batched.job, x, y, int(cfg.trainer.batch_size), checkpoints)
+        results = yield request
+        if request.seconds is not None and checkpoints is not None:
+            # trained with other jobs, whose set-up came between: the training time is the stacked model's
+            checkpoints.started = time.perf_counter() - request.seconds
     return batched.finish(results)
 
 
