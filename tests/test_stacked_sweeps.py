@@ -1,0 +1,146 @@
+"""The stacked launcher (issue #24): jobs of a sweep that differ only in stackable values train as one stacked model,
+and every job stays a job (its runs, pictures, files, record, faults of its own)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config
+from mlflow.tracking import MlflowClient
+from sweep_support import TINY, run_dlexp, runs_by_kind, sqlite_store, stop_when
+
+from dlexp.sweeps.stacked_launcher import group_jobs, stacking_key
+
+STACKED_LINE = re.compile(r"training (\d+) jobs \((\d+) members\) as one stacked model")
+
+
+def key(*overrides: str) -> str | None:
+    return stacking_key(compose_config(["+experiment=spiral", *overrides]))
+
+
+def test_jobs_differing_in_stackable_values_share_a_key_and_others_do_not():
+    base = key()
+    for stackable in ("optimizer.lr=0.3", "trainer.seed=7", "optimizer.weight_decay=0.01", "trainer.patience=3",
+                      "trainer.min_delta=0.01", "trainer.max_epochs=20", "model.dropout=0.2", "scheduler.gamma=0.5",
+                      "scheduler.step_size=10", "optimizer.betas=[0.8,0.99]", "optimizer.eps=1e-6"):
+        assert key(stackable) == base, stackable
+    for other in ("model.hidden_dims=[16]", "trainer.batch_size=25", "trainer.folds=3", "optimizer=sgd",
+                  "scheduler=cosine", "model.activation=tanh", "loss=nll",
+                  "tracking.experiment_name=other"):
+        assert key(other) != base, other
+    assert key("trainer.strategy=sequential") is None
+    assert key("trainer.strategy=batched") != base  # the strategy asked for is part of the config
+    assert key("trainer.strategy=batched", "optimizer.lr=0.5") == key("trainer.strategy=batched")
+
+
+def test_groups_keep_the_jobs_order_and_size_limit():
+    assert group_jobs(["a", "b", "a", None, "b", "a"]) == [[0, 2, 5], [1, 4], [3]]
+    assert group_jobs(["a", "a", "a"], max_jobs=2) == [[0, 1], [2]]
+    assert group_jobs([None, None]) == [[0], [1]]
+
+
+def summary_numbers(folder: Path) -> dict:
+    summary = json.loads((folder / "summary.json").read_text())
+    return {k: v for k, v in summary.items() if k != "train_seconds"}
+
+
+def job_folders(sweep: Path) -> dict[str, Path]:
+    """overrides (as the job ran them) -> job folder."""
+    import yaml
+
+    return {" ".join(yaml.safe_load((f / ".hydra" / "overrides.yaml").read_text())): f
+            for f in sweep.iterdir() if (f / ".hydra").is_dir()}
+
+
+@pytest.mark.full  # three dlexp processes, ~40 s
+def test_a_stacked_job_equals_the_same_job_alone_and_an_early_stopped_member_stops_alone(tmp_path):
+    setup = [*TINY, "trainer.max_epochs=25", "trainer.checkpoint_every=null"]
+    sweep = run_dlexp("-m", *setup, "optimizer.lr=0.05,0.003", "trainer.patience=2,null",
+                      *sqlite_store(tmp_path))
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    output = sweep.stdout + sweep.stderr
+    assert STACKED_LINE.findall(output) == [("4", "8")]  # one stacked model of 4 jobs x 2 folds
+    folders = job_folders(tmp_path / "sweep")
+    assert len(folders) == 4
+    epochs = {o: json.loads((f / "summary.json").read_text())["epochs_run_mean"] for o, f in folders.items()}
+    # patience=2 stops its members early (lr 0.05 is noisy); patience=null trains every member 25 epochs
+    for overrides, mean in epochs.items():
+        if "trainer.patience=null" in overrides:
+            assert mean == 25, (overrides, mean)
+    assert min(mean for o, mean in epochs.items() if "trainer.patience=2" in o) < 25
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    sweeps, jobs, folds = runs_by_kind(client, "spiral")
+    assert len(sweeps) == 1 and len(jobs) == 4 and len(folds) == 8
+    assert {r.info.status for r in [*sweeps, *jobs, *folds]} == {"FINISHED"}
+    for job in jobs:  # each its own run under the sweep, with its fold runs, pictures and model
+        assert job.data.tags["mlflow.parentRunId"] == sweeps[0].info.run_id
+        assert sum(f.data.tags["mlflow.parentRunId"] == job.info.run_id for f in folds) == 2
+        plots = {a.path for a in client.list_artifacts(job.info.run_id, "plots")}
+        assert len(plots) >= 5, plots
+        assert job.data.metrics["val_acc_mean"] > 0.2
+        assert (Path(job.data.tags["dlexp.output_dir"]) / "dlexp.log").read_text().count("fold 2/2") == 1
+
+    picks = ("optimizer.lr=0.05 trainer.patience=2", "optimizer.lr=0.003 trainer.patience=null")
+    for number, picked in enumerate(picks):
+        alone_dir = tmp_path / f"alone{number}"
+        alone = run_dlexp(*setup, *picked.split(), f"tracking.uri=sqlite:///{tmp_path}/alone.db",
+                          f"tracking.artifact_location={tmp_path}/alone_artifacts", f"hydra.run.dir={alone_dir}")
+        assert alone.returncode == 0, alone.stderr[-3000:]
+        stacked_dir = next(f for o, f in folders.items() if all(p in o.split() for p in picked.split()))
+        assert summary_numbers(stacked_dir) == summary_numbers(alone_dir)
+        a, b = torch.load(stacked_dir / "model.pt"), torch.load(alone_dir / "model.pt")
+        state_a = a if isinstance(a, dict) else a.state_dict()
+        state_b = b if isinstance(b, dict) else b.state_dict()
+        assert state_a.keys() == state_b.keys()
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+@pytest.mark.full
+def test_a_diverging_member_fails_only_its_job_and_two_widths_make_two_models(tmp_path):
+    result = run_dlexp("-m", *TINY, "optimizer.lr=1e20,0.01", "model.hidden_dims=[8],[16]",
+                       *sqlite_store(tmp_path))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    output = result.stdout + result.stderr
+    assert STACKED_LINE.findall(output) == [("2", "4"), ("2", "4")]  # a stacked model per width
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    sweeps, jobs, _ = runs_by_kind(client, "spiral")
+    status = {(r.data.params["optimizer.lr"], r.data.params["model.hidden_dims"]): r.info.status for r in jobs}
+    assert status == {("1e+20", "[8]"): "FAILED", ("1e+20", "[16]"): "FAILED",
+                      ("0.01", "[8]"): "FINISHED", ("0.01", "[16]"): "FINISHED"}
+    assert sweeps[0].info.status == "FAILED"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: job #")]
+    assert len(errors) == 2 and all("optimizer.lr=1e+20" in e and "diverged" in e for e in errors)
+    table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text().splitlines()
+    assert len(table) == 5 and sum(",FINISHED," in row for row in table) == 2
+
+
+@pytest.mark.full
+def test_sigterm_mid_sweep_ends_every_jobs_runs_killed_and_the_rerun_resumes(tmp_path):
+    sweep = ["-m", "+experiment=spiral", "trainer.folds=2", "trainer.max_epochs=400", "trainer.patience=null",
+             "plots.grid_resolution=20", "trainer.checkpoint_every=5", "optimizer.lr=0.01,0.003", "trainer.seed=1,2",
+             *sqlite_store(tmp_path)]
+    checkpoint = tmp_path / "sweep" / "3" / "checkpoints" / "batched.pt"
+    code, stderr = stop_when(checkpoint.exists, *sweep)
+    assert code == 143, stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    sweeps, jobs, folds = runs_by_kind(client, "spiral")
+    assert len(jobs) == 4 and {r.info.status for r in [*sweeps, *jobs, *folds]} == {"KILLED"}
+    for job in jobs:
+        folder = Path(job.data.tags["dlexp.output_dir"])
+        assert (folder / "FAILED.txt").read_text().startswith("KILLED")
+        assert (folder / "checkpoints" / "batched.pt").exists()
+
+    rerun = run_dlexp(*sweep, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    output = rerun.stdout + rerun.stderr
+    assert output.count("continuing after epoch") == 4 and STACKED_LINE.findall(output) == [("4", "8")]
+    sweeps_after, jobs_after, folds_after = runs_by_kind(client, "spiral")
+    assert {r.info.run_id for r in jobs_after} == {r.info.run_id for r in jobs}  # the same runs, continued
+    assert {r.info.status for r in [*sweeps_after, *jobs_after, *folds_after]} == {"FINISHED"}
+    assert all(r.data.metrics["epochs_run_mean"] == 400 for r in jobs_after)
