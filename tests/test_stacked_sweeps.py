@@ -26,10 +26,10 @@ def test_jobs_differing_in_stackable_values_share_a_key_and_others_do_not():
     base = key()
     for stackable in ("optimizer.lr=0.3", "trainer.seed=7", "optimizer.weight_decay=0.01", "trainer.patience=3",
                       "trainer.min_delta=0.01", "trainer.max_epochs=20", "model.dropout=0.2", "scheduler.gamma=0.5",
-                      "scheduler.step_size=10", "optimizer.betas=[0.8,0.99]", "optimizer.eps=1e-6"):
+                      "scheduler.step_size=10", "optimizer.betas=[0.8,0.99]", "optimizer.eps=1e-6", "scheduler=cosine"):
         assert key(stackable) == base, stackable
     for other in ("model.hidden_dims=[16]", "trainer.batch_size=25", "trainer.folds=3", "optimizer=sgd",
-                  "scheduler=cosine", "model.activation=tanh", "loss=nll",
+                  "model.activation=tanh", "loss=nll",
                   "tracking.experiment_name=other"):
         assert key(other) != base, other
     assert key("trainer.strategy=sequential") is None

@@ -3,7 +3,7 @@ the model's shapes train together as one stacked model of (job, fold) members, i
 
 Hydra's basic launcher runs each job start to end with ``hydra.core.utils.run_job``. This one composes every job's
 config the same way, then groups the jobs whose configs are equal but for :data:`STACKABLE` keys (and the LR
-schedule's numbers) and whose ``trainer.strategy`` allows batched training. A job alone in its group runs as the
+schedule) and whose ``trainer.strategy`` allows batched training. A job alone in its group runs as the
 basic launcher runs it. A group runs each job in steps (the task function's ``steps``, dlexp.job.job_steps):
 
 1. every job's set-up, in its own Hydra job context (output folder, HydraConfig, log file, its MLflow run),
@@ -59,8 +59,9 @@ log = logging.getLogger(__name__)
 STACKABLE = ("optimizer.lr", "optimizer.betas", "optimizer.eps", "optimizer.weight_decay", "optimizer.momentum",
              "optimizer.alpha", "trainer.seed", "trainer.patience", "trainer.min_delta", "trainer.max_epochs",
              "model.dropout")
-#: The LR schedule's numbers (``scheduler.step_size``, ``gamma``, ...) stack too; its kind (``_target_``) does not.
-STACKABLE_NUMBERS_OF = ("scheduler",)
+#: Whole config groups that may differ: the LR schedule, its kind and numbers (each job steps its own scheduler;
+#: dlexp.training.batched.batching_obstacle keeps out the kinds batched training cannot follow).
+STACKABLE_GROUPS = ("scheduler",)
 STRATEGIES_THAT_STACK = ("auto", "batched")
 
 
@@ -80,12 +81,8 @@ def stacking_key(task_cfg: DictConfig) -> str | None:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
-    for group in STACKABLE_NUMBERS_OF:
-        node = config.get(group)
-        if isinstance(node, dict):
-            for key, value in list(node.items()):
-                if not key.startswith("_") and isinstance(value, int | float) and not isinstance(value, bool):
-                    node[key] = "stacked"
+    for group in STACKABLE_GROUPS:
+        config.pop(group, None)
     return json.dumps(config, sort_keys=True, default=str)
 
 
@@ -349,9 +346,13 @@ def run_group(jobs: list[SteppedJob]) -> None:
 
 def stackable_parts(jobs: list[SteppedJob]) -> list[list[SteppedJob]]:
     """The waiting jobs split into those whose requests can be one ``train_stacked`` call: the same data
-    (``x``, ``y`` equal) and batch size. (Their configs differ only in stackable values, so this holds unless
-    the data depends on a stackable value.)"""
+    (``x``, ``y`` equal) and batch size, and nothing against stacking them
+    (dlexp.training.stacked.stacking_obstacle, e.g. dropout before the first layer). Their configs differ only
+    in stackable values, so this holds unless the data depends on such a value; a job that cannot join trains
+    in a part of its own."""
     import torch
+
+    from dlexp.training.stacked import stacking_obstacle
 
     parts: list[list[SteppedJob]] = []
     for job in jobs:
@@ -361,8 +362,10 @@ def stackable_parts(jobs: list[SteppedJob]) -> list[list[SteppedJob]]:
             if (first.batch_size == request.batch_size and first.x.shape == request.x.shape
                     and first.x.device == request.x.device and torch.equal(first.x, request.x)
                     and torch.equal(first.y, request.y)):
-                part.append(job)
-                break
+                if (obstacle := stacking_obstacle([first.job, request.job])) is None:
+                    part.append(job)
+                    break
+                log.info("job #%s trains by itself: %s", job.config.hydra.job.num, obstacle)
         else:
             parts.append([job])
     return parts
@@ -371,16 +374,24 @@ def stackable_parts(jobs: list[SteppedJob]) -> list[list[SteppedJob]]:
 def train_together(requests: list) -> list:
     """:func:`dlexp.training.stacked.train_stacked` on the requests; per request its fold results or its
     exception. A first Ctrl-C/SIGTERM stops every member at the end of the epoch (checkpoints saved) and raises."""
+    from dlexp.experiment import train_alone
     from dlexp.training.checkpoint import stop_at_epoch_end
     from dlexp.training.stacked import train_stacked
 
     first = requests[0]
-    log.info("training %d jobs (%d members) as one stacked model", len(requests),
-             sum(len(request.job.models) for request in requests))
+    if len(requests) > 1:
+        log.info("training %d jobs (%d members) as one stacked model", len(requests),
+                 sum(len(request.job.models) for request in requests))
     outcomes, started = None, time.perf_counter()
     try:
         with stop_at_epoch_end(_AllCheckpoints([request.checkpoints for request in requests])):
-            outcomes = train_stacked([request.job for request in requests], first.x, first.y, first.batch_size)
+            if len(requests) > 1:
+                outcomes = train_stacked([r.job for r in requests], first.x, first.y, first.batch_size)
+            else:  # as it trains alone
+                try:
+                    outcomes = [train_alone(first.job, first.x, first.y, first.batch_size)]
+                except Exception as error:  # noqa: BLE001 - the job's own failure, thrown into its steps
+                    outcomes = [error]
     except BaseException:
         if outcomes is None:
             raise
