@@ -147,3 +147,44 @@ def test_sigterm_mid_sweep_ends_every_jobs_runs_killed_and_the_rerun_resumes(tmp
     assert {r.info.run_id for r in jobs_after} == {r.info.run_id for r in jobs}  # the same runs, continued
     assert {r.info.status for r in [*sweeps_after, *jobs_after, *folds_after]} == {"FINISHED"}
     assert all(r.data.metrics["epochs_run_mean"] == 400 for r in jobs_after)
+
+
+@pytest.mark.full
+def test_a_search_stacks_its_batches_and_records_pruned_and_failed_trials(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    # With the sampler's seed 7 the two batches of 3 draw lr 1e-5, 0.01, 1e20 and then 0.01, 1e20, 1e-5 (dropout
+    # varies): in the second batch, stacked, one member diverges, one is pruned at its first report (the first
+    # batch finished a trial to compare with) and one finishes.
+    result = run_dlexp("-m", "hydra/sweeper=search", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3",
+                       "hydra.sweeper.params=null", "hydra.sweeper.sampler.seed=7",
+                       "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.report_every=2", *TINY,
+                       "trainer.max_epochs=6", "optimizer.lr=choice(0.01, 0.00001, 1e20)",
+                       "model.dropout=interval(0.0, 0.1)", "tracking.experiment_name=stacked_search",
+                       *sqlite_store(tmp_path))
+    assert result.returncode == 2, result.stderr[-3000:]  # failed trials: the search exits 2 at its end
+    assert "Traceback" not in result.stderr
+    assert STACKED_LINE.findall(result.stdout + result.stderr) == [("3", "6"), ("3", "6")]
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db")
+    trials = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tmp_path}/optuna.db").get_trials()
+    assert [t.params["optimizer.lr"] for t in trials] == [1e-5, 0.01, 1e20, 0.01, 1e20, 1e-5]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL,
+                                         TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED]
+    assert max(trials[5].intermediate_values) == 2  # stopped at its first report, its batch trained on
+    assert set(trials[3].intermediate_values) == {2, 4, 6}
+    assert all("diverged" in trials[n].user_attrs["dlexp.error"] for n in (2, 4))
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    _, jobs, folds = runs_by_kind(client, "stacked_search")
+    by_run = {r.info.run_id: r for r in jobs}
+    expected = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED", TrialState.PRUNED: "KILLED"}
+    for trial in trials:
+        run = by_run[trial.user_attrs["dlexp.run_id"]]
+        assert run.info.status == expected[trial.state], (trial.number, run.info.status)
+        assert run.data.tags["dlexp.trial"] == str(trial.number)
+    pruned_run = by_run[trials[5].user_attrs["dlexp.run_id"]]
+    assert "trial 5 pruned" in pruned_run.data.tags["dlexp.pruned"]
+    assert "RUNNING" not in {r.info.status for r in [*jobs, *folds]}
+    table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text()
+    assert table.count(",PRUNED,") == 1 and table.count(",FAILED,") == 2 and table.count(",FINISHED,") == 3
