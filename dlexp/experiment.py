@@ -219,6 +219,11 @@ def train_alone(job, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[
         hooks=job.hooks, checkpoint=job.checkpoint)
 
 
+#: What :func:`experiment_steps` yields once its pictures are all asked for, before it waits for them; it is
+#: sent ``None`` to go on.
+WAITING_FOR_PICTURES = "waiting for pictures"
+
+
 @dataclass
 class TrainingRequest:
     """What :func:`experiment_steps` yields: its folds to train (``job``, a StackedJob) on ``x``/``y`` in
@@ -298,6 +303,9 @@ def run_alone(steps: Generator[TrainingRequest, list[FoldResult], object]) -> ob
     try:
         request = next(steps)
         while True:
+            if request == WAITING_FOR_PICTURES:
+                request = steps.send(None)
+                continue
             results = None
             try:
                 with stop_at_epoch_end(request.checkpoints):
@@ -319,7 +327,8 @@ def experiment_steps(cfg: DictConfig, output_dir: str | Path, overrides: list[st
     one stacked model (dlexp.sweeps.stacked_launcher): everything before training happens up to the first
     ``yield``, which hands out a :class:`TrainingRequest` when the folds train batched; the caller sends back
     its fold results (or throws the exception that stopped it, which ends the run as it would alone) and the
-    rest (fold logging, pictures, files, models) runs to the outcome, the generator's return value.
+    rest (fold logging, pictures, files, models) runs to the outcome, the generator's return value, with one
+    more ``yield`` of :data:`WAITING_FOR_PICTURES` (sent ``None``) before it waits for its pictures.
     Sequential training (folds one by one) happens inside the steps and yields nothing.
     """
     validate_config(cfg)
@@ -426,6 +435,8 @@ def experiment_steps(cfg: DictConfig, output_dir: str | Path, overrides: list[st
             writer.log_artifact(client, run_id, picture, "plots")
         if log_models:  # after the metrics, which MLflow links to the models
             run_models.log_run_models(writer, mlflow.get_tracking_uri(), run_id, best_model, models, data)
+        # A launcher finishing several jobs lets the next job's work here overlap this one's pictures in the helper.
+        yield WAITING_FOR_PICTURES
         writer.drain()  # every picture is in the store before the model and summary are written
         for path in write_run_files(output_dir, summary, best_model, data):
             client.log_artifact(run_id, str(path))

@@ -11,7 +11,9 @@ basic launcher runs it. A group runs each job in steps (the task function's ``st
    dlexp.training.stacked.StackedJob);
 2. one :func:`dlexp.training.stacked.train_stacked` call for the requests that share their data and batch size;
 3. every job's finish (fold logging, pictures, files, model), back in its own context, with its fold results or
-   the exception that stopped its members (a pruned trial, a broken store).
+   the exception that stopped its members (a pruned trial, a broken store): first up to where it waits for its
+   pictures (dlexp.experiment.WAITING_FOR_PICTURES), for every job, so the helper process draws one job's
+   pictures while this process finishes the next; then each job's wait and files.
 
 So every job stays a job: its MLflow run nested under the sweep, fold runs, live metrics (training hooks address
 runs by id), pictures, record for the jobs table, resume and faults of its own. A job whose set-up fails (a bad
@@ -143,8 +145,8 @@ class StackedLauncher(Launcher):
                   else [[index] for index in range(len(configs))])
         stacked = [group for group in groups if len(group) > 1]
         if stacked:
-            log.info("training together: %s", "; ".join(
-                "jobs " + ", ".join(f"#{initial_job_idx + i}" for i in group) for group in stacked))
+            log.info("differing only in stackable values (one model each where batched training applies): %s",
+                     "; ".join("jobs " + ", ".join(f"#{initial_job_idx + i}" for i in group) for group in stacked))
         returns: list[JobReturn | None] = [None] * len(configs)
         with sigterm_as_interrupt():  # Ctrl-C's path for SIGTERM too, where nothing took it already
             for group in groups:
@@ -317,10 +319,12 @@ def run_group(jobs: list[SteppedJob]) -> None:
     An interrupt (or a job's ``SystemExit``) is thrown into every job still holding open runs, so each ends them
     as it would alone, and then raised.
     """
+    from dlexp.experiment import WAITING_FOR_PICTURES
+
     try:
         for job in jobs:
             job.advance()
-        for part in stackable_parts([job for job in jobs if job.request is not None]):
+        for part in stackable_parts([job for job in jobs if job.request not in (None, WAITING_FOR_PICTURES)]):
             outcomes = train_together([job.request for job in part])
             stopped = None
             for job, outcome in zip(part, outcomes, strict=True):
@@ -330,9 +334,8 @@ def run_group(jobs: list[SteppedJob]) -> None:
                     stopped = stopped or error
             if stopped is not None:
                 raise stopped
-            for job in part:  # steps that ask again (dlexp's ask once) train alone
-                while job.request is not None:
-                    job.advance(*alone(job.request))
+            finish(part)
+        finish(jobs)  # those that trained in their set-up (one by one) or had nothing left to train
     except BaseException as interrupt:
         raised = None
         for job in jobs:
@@ -342,6 +345,19 @@ def run_group(jobs: list[SteppedJob]) -> None:
                 except BaseException as error:  # noqa: BLE001 - each job ends its runs; the first end is raised
                     raised = raised or error
         raise (raised or interrupt) from None
+
+
+def finish(jobs: list[SteppedJob]) -> None:
+    """Run each job to its end: wait for its pictures (drawn meanwhile) and write its files; steps that ask
+    to train again (dlexp's ask once) train alone."""
+    from dlexp.experiment import WAITING_FOR_PICTURES
+
+    for job in jobs:
+        while job.request is not None:
+            if job.request == WAITING_FOR_PICTURES:
+                job.advance(None)
+            else:
+                job.advance(*alone(job.request))
 
 
 def stackable_parts(jobs: list[SteppedJob]) -> list[list[SteppedJob]]:
