@@ -101,8 +101,9 @@ def test_a_stacked_job_equals_the_same_job_alone_and_an_early_stopped_member_sto
 
 
 @pytest.mark.full
-def test_a_diverging_member_fails_only_its_job_and_two_widths_make_two_models(tmp_path):
-    result = run_dlexp("-m", *TINY, "optimizer.lr=1e20,0.01", "model.hidden_dims=[8],[16]",
+def test_a_diverging_member_or_a_bad_value_fails_only_its_job_and_two_widths_make_two_models(tmp_path):
+    # lr=-1 fails in its job's set-up (Adam refuses it), lr=1e20 diverges in training: each fails its job alone.
+    result = run_dlexp("-m", *TINY, "optimizer.lr=1e20,0.01,-1", "model.hidden_dims=[8],[16]",
                        *sqlite_store(tmp_path))
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -112,12 +113,15 @@ def test_a_diverging_member_fails_only_its_job_and_two_widths_make_two_models(tm
     sweeps, jobs, _ = runs_by_kind(client, "spiral")
     status = {(r.data.params["optimizer.lr"], r.data.params["model.hidden_dims"]): r.info.status for r in jobs}
     assert status == {("1e+20", "[8]"): "FAILED", ("1e+20", "[16]"): "FAILED",
-                      ("0.01", "[8]"): "FINISHED", ("0.01", "[16]"): "FINISHED"}
+                      ("0.01", "[8]"): "FINISHED", ("0.01", "[16]"): "FINISHED"}  # lr=-1 never got a run
     assert sweeps[0].info.status == "FAILED"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: job #")]
-    assert len(errors) == 2 and all("optimizer.lr=1e+20" in e and "diverged" in e for e in errors)
+    assert len(errors) == 4
+    assert sum("optimizer.lr=1e+20" in e and "diverged" in e for e in errors) == 2
+    assert sum("optimizer.lr=-1" in e and "lr" in e.split("):", 1)[1] for e in errors) == 2
     table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text().splitlines()
-    assert len(table) == 5 and sum(",FINISHED," in row for row in table) == 2
+    assert len(table) == 7 and sum(",FINISHED," in row for row in table) == 2
+    assert sum(",FAILED," in row for row in table) == 4
 
 
 @pytest.mark.full
