@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,12 @@ def load() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
+def cpu_of_children() -> float:
+    """User + system CPU seconds of this process's finished child processes (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_search(seed: int, trials: int, variant: list[str]) -> dict:
     """One search in its own temporary store; its wall time and what it found."""
     from omegaconf import OmegaConf
@@ -55,13 +62,13 @@ def run_search(seed: int, trials: int, variant: list[str]) -> dict:
                    f"tracking.uri=sqlite:///{folder}/mlflow.db", f"tracking.artifact_location={folder}/artifacts",
                    f"hydra.sweep.dir={folder}/sweep", "tracking.experiment_name=bench"]
         load_before = load()
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_of_children()
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_of_children() - cpu_before
         if result.returncode not in (0, 2):
             raise RuntimeError(result.stderr[-3000:])
         results = OmegaConf.load(Path(folder) / "sweep" / "optimization_results.yaml")
-        return {"seconds": seconds, "best": float(results.best_value), "load_before": load_before,
+        return {"seconds": seconds, "cpu_seconds": cpu, "best": float(results.best_value), "load_before": load_before,
                 "load_after": load(), **{k.lower(): int(v) for k, v in results.trials.items()}}
 
 
@@ -82,11 +89,13 @@ def main() -> None:
             if args.out:
                 with args.out.open("a") as out:
                     out.write(json.dumps(row) + "\n")
-    print("\n| search | wall time, s (median) | best val_acc_mean (median) | pruned trials | per seed (s, best) |")
-    print("|---|---|---|---|---|")
+    print("\n| search | wall time, s (median) | CPU s (median) | best val_acc_mean (median) | pruned trials | "
+          "per seed (s, best) |")
+    print("|---|---|---|---|---|---|")
     for name, runs in rows.items():
         per_seed = ", ".join(f"seed {r['seed']}: {r['seconds']:.0f} s, {r['best']:.2%}" for r in runs)
         print(f"| {name} | {statistics.median(r['seconds'] for r in runs):.0f} | "
+              f"{statistics.median(r['cpu_seconds'] for r in runs):.0f} | "
               f"{statistics.median(r['best'] for r in runs):.2%} | "
               f"{statistics.median(r['pruned'] for r in runs):.0f} of {args.trials} | {per_seed} |")
 
