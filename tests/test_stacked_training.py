@@ -173,9 +173,10 @@ def test_a_member_stopped_early_stops_alone(spiral):
     assert_identical(alone(spiral, long), stacked[1])
 
 
-def jobs_with_checkpoints(spiral, folder, hooks=None, specs=JOBS):
-    """The three jobs, each checkpointing every epoch into its own folder except job 3 (none)."""
-    owners = [Checkpoints(folder / f"job{n}", {}, Every(epochs=1)) for n in (1, 2)]
+def jobs_with_checkpoints(spiral, folder, hooks=None, specs=JOBS, every=(1, 1)):
+    """The three jobs, jobs 1 and 2 checkpointing into their own folders every ``every`` epochs, job 3 not."""
+    owners = [Checkpoints(folder / f"job{n}", {}, Every(epochs=epochs))
+              for n, epochs in zip((1, 2), every, strict=True)]
     hooks = hooks or [None] * len(specs)
     return owners, [make_job(spiral, **specs[0], checkpoint=owners[0].epochs("batched"), hooks=hooks[0]),
                     make_job(spiral, **specs[1], checkpoint=owners[1].epochs("batched"), hooks=hooks[1]),
@@ -184,7 +185,7 @@ def jobs_with_checkpoints(spiral, folder, hooks=None, specs=JOBS):
 
 @pytest.mark.parametrize("how", ["hook", "signal"])
 def test_an_interrupted_stack_resumes_exactly_alone_or_stacked(spiral, tmp_path, how):
-    """Ctrl-C from a hook of job 2 at epoch 4, or SIGTERM taken by job 1's checkpoints (Interrupted after its
+    """Ctrl-C from a hook of job 2 at epoch 4, or SIGTERM taken by job 2's checkpoints (Interrupted after its
     save): both checkpointed jobs hold epoch 4 and the stack stops. Resumed from their checkpoints, each alone or
     all stacked again (job 3 from scratch, so the jobs of the stack are at different epochs), every job ends
     with the numbers of an uninterrupted run."""
@@ -194,11 +195,12 @@ def test_an_interrupted_stack_resumes_exactly_alone_or_stacked(spiral, tmp_path,
         owners, jobs = jobs_with_checkpoints(spiral, tmp_path / "a", hooks)
         expected = KeyboardInterrupt
     else:
+        # job 1 saves every 100 epochs only: it saves at epoch 4 because job 2 was stopped there
         holder = {}
-        hooks = [Recorder(fold=1, epoch=4, action=lambda: setattr(holder["owner"], "stop_signal", signal.SIGTERM)),
-                 None, None]
-        owners, jobs = jobs_with_checkpoints(spiral, tmp_path / "a", hooks)
-        holder["owner"] = owners[0]
+        hooks = [None, Recorder(fold=1, epoch=4, action=lambda: setattr(holder["owner"], "stop_signal",
+                                                                       signal.SIGTERM)), None]
+        owners, jobs = jobs_with_checkpoints(spiral, tmp_path / "a", hooks, every=(100, 1))
+        holder["owner"] = owners[1]
         expected = Interrupted
     with pytest.raises(expected):
         train_stacked(jobs, *spiral, BATCH)
