@@ -43,6 +43,8 @@ ACTIVATION_OPS = {
     nn.Tanh: (torch.tanh, lambda g, out: g * (1 - out * out), "tanh_backward"),
     nn.Sigmoid: (torch.sigmoid, lambda g, out: g * out * (1 - out), "sigmoid_backward"),
 }
+#: The in-place forms of ACTIVATION_OPS' functions (same kernels, same results, no new tensor).
+IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
 #: torch's warning when a scheduler steps and the optimizer's own step() never ran (ours is StackedAdam's).
 SCHEDULER_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
 #: What a private torch API raises where this torch lacks it or cannot run it here.
@@ -179,6 +181,10 @@ class StackedMLP:
         """
         if self.blocks is None or tensors[0][0].numel() % ALIGNED == 0:
             return op(*tensors)
+        if op in IN_PLACE.values():  # each block in place: no copy of the parts into a new tensor
+            for part in tensors[0].split(self.blocks):
+                op(part)
+            return tensors[0]
         return torch.cat([op(*parts) for parts in zip(*(t.split(self.blocks) for t in tensors), strict=True)])
 
     def forward(self, x: torch.Tensor, saved: list[torch.Tensor] | None = None,
@@ -192,6 +198,7 @@ class StackedMLP:
         mask, which is what the hand-written backward pass needs.
         """
         linear = dropout = 0
+        fresh = False  # whether x is a tensor of this call's own (which an activation may overwrite)
         for layer in self.layers:
             if isinstance(layer, nn.Linear):
                 if saved is not None:
@@ -199,9 +206,9 @@ class StackedMLP:
                 weight = self.params[2 * linear]
                 x = torch.baddbmm(self.params[2 * linear + 1], x,
                                   weight.transpose(1, 2) if self.out_first[linear] else weight)
-                linear += 1
+                linear, fresh = linear + 1, True
             elif isinstance(layer, nn.Flatten):
-                x = x.flatten(2)
+                x, fresh = x.flatten(2), False
             elif isinstance(layer, nn.Dropout):
                 mask = None
                 if masks is not None:
@@ -209,11 +216,15 @@ class StackedMLP:
                 elif training and layer.p > 0:
                     mask = torch.empty_like(x).bernoulli_(1 - layer.p).div_(1 - layer.p)
                 if mask is not None:
-                    x = x * mask
+                    x, fresh = x * mask, True
                     if saved is not None:
                         saved.append(mask)
             else:
-                x = self.activation(ACTIVATION_OPS[type(layer)][0] if type(layer) in ACTIVATION_OPS else layer, x)
+                if fresh and self.manual_backward:  # in place: a new tensor of this size costs more than the op
+                    x = self.activation(IN_PLACE[type(layer)], x)
+                else:
+                    x = self.activation(ACTIVATION_OPS[type(layer)][0] if type(layer) in ACTIVATION_OPS else layer, x)
+                    fresh = True
                 if saved is not None:
                     saved.append(x)
         return x
@@ -290,6 +301,7 @@ class StackedAdam:
         self.exp_avg = torch.zeros_like(weights)
         self.exp_avg_sq = torch.zeros_like(weights)
         self.steps = [0] * len(weights)
+        self.step_tensors: dict[torch.device, torch.Tensor] = {}
         self.fused = self.fused_kernel(weights)
 
     def fused_kernel(self, weights: torch.Tensor) -> Callable | None:
@@ -310,7 +322,11 @@ class StackedAdam:
 
     def call_fused(self, kernel: Callable, weights, grad, exp_avg, exp_avg_sq, step: int, lr: float) -> None:
         # As torch.optim.Adam(fused=True) keeps it: the step count a float32 tensor on the params' device.
-        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=weights.device)
+        # The kernel only reads it (torch.optim.Adam steps it itself), so one tensor is refilled each step.
+        step_tensor = self.step_tensors.get(weights.device)
+        if step_tensor is None:
+            step_tensor = self.step_tensors[weights.device] = torch.zeros((), device=weights.device)
+        step_tensor.fill_(float(step))
         kernel([weights], [grad], [exp_avg], [exp_avg_sq], [], [step_tensor], lr=lr, beta1=self.beta1,
                beta2=self.beta2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
 

@@ -142,7 +142,7 @@ def stacking_obstacle(jobs: Sequence[StackedJob]) -> str | None:
                 difference = next((f"{a} vs {b}" for a, b in zip(signature, theirs, strict=False)
                                    if a != b), f"{len(signature)} vs {len(theirs)} layers")
                 return f"model: the jobs' layers differ ({difference}); widths, depth and activation must be equal"
-            if 0 in dropout_rates(model) and not any(isinstance(layer, nn.Linear) for layer in model[:1]):
+            if None in dropout_widths(list(model)):
                 return "model: dropout before the first Linear layer is not stacked"
             parameter = next(model.parameters())
             if (parameter.device, parameter.dtype) != (first_parameter.device, first_parameter.dtype):
@@ -425,7 +425,16 @@ def train_stacked(jobs: Sequence[StackedJob], x: torch.Tensor, y: torch.Tensor,
             metrics = torch.stack([train_total / train_size[members], val_loss, val_acc]).t().tolist()
 
         end_of_epoch(live, stacked, metrics, spans, lrs)
-    return [s.outcome if s.outcome is not None else s.finish(stacked) for s in states]
+    outcomes: list[list[FoldResult] | Exception] = []
+    for s in states:
+        if s.outcome is None:
+            try:
+                outcomes.append(s.finish(stacked))
+                continue
+            except Exception as error:  # noqa: BLE001 - the job's own failure (its fold_end hooks)
+                s.outcome = error
+        outcomes.append(s.outcome)
+    return outcomes
 
 
 def end_of_epoch(live: list[JobState], stacked: StackedMLP, metrics: list[list[float]],
@@ -447,23 +456,24 @@ def end_of_epoch(live: list[JobState], stacked: StackedMLP, metrics: list[list[f
                 interrupt = error
             except Exception as error:  # noqa: BLE001 - the job's own failure (its hooks), reported for it alone
                 s.outcome = error
-    for s in live:
-        if s.outcome is not None or not s.running:
-            continue  # a job over (failed, or every fold stopped) has nothing left to checkpoint
+    going_on = [s for s in live if s.outcome is None and s.running]  # a job over has nothing to checkpoint
+    for s in going_on:
         s.step_scheduler()
-        checkpoint = s.job.checkpoint
-        if checkpoint is None:
+        if s.job.checkpoint is None:
             continue
         try:
             if interrupt is None:
-                checkpoint.epoch_end(s.epoch, s.state)
+                s.job.checkpoint.epoch_end(s.epoch, s.state)
             else:
-                checkpoint.save(s.epoch, s.state)
+                s.job.checkpoint.save(s.epoch, s.state)
         except KeyboardInterrupt as error:  # saved, then asked to stop: the other jobs save too
             interrupt = interrupt or error
         except Exception as error:  # noqa: BLE001 - this job's checkpoint could not be written
             s.outcome = error
     if interrupt is not None:
+        for s in going_on:  # the jobs before the one stopped, whose save was not due
+            if s.outcome is None and s.job.checkpoint is not None and s.job.checkpoint.last_epoch != s.epoch:
+                s.job.checkpoint.save(s.epoch, s.state)
         raise interrupt
     for s in live:
         if s.outcome is None and s.running and s.epoch >= s.job.max_epochs:
