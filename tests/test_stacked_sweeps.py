@@ -192,3 +192,53 @@ def test_a_search_stacks_its_batches_and_records_pruned_and_failed_trials(tmp_pa
     assert "RUNNING" not in {r.info.status for r in [*jobs, *folds]}
     table = (tmp_path / "sweep" / "sweep_jobs.csv").read_text()
     assert table.count(",PRUNED,") == 1 and table.count(",FAILED,") == 2 and table.count(",FINISHED,") == 3
+
+
+def test_the_launcher_runs_each_jobs_steps_in_its_own_context_and_returns_in_order(tmp_path, monkeypatch):
+    """The orchestration alone (training replaced): each job's steps see their own HydraConfig and folder,
+    a job failing in its set-up fails alone, the stacked call gets the waiting jobs' requests in order, the
+    results go back to each job, and the JobReturns come back in the jobs' order."""
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import JobStatus
+    from hydra.types import HydraContext
+
+    from dlexp.experiment import WAITING_FOR_PICTURES
+    from dlexp.sweeps import stacked_launcher
+
+    seen, trained = [], []
+
+    def steps(cfg):
+        hydra_cfg = HydraConfig.get()
+        seen.append((int(hydra_cfg.job.num), Path(hydra_cfg.runtime.output_dir).name, cfg.optimizer.lr))
+        if cfg.optimizer.lr < 0:
+            raise ValueError("bad lr")
+        results = yield f"request of job {hydra_cfg.job.num}"
+        assert HydraConfig.get().job.num == hydra_cfg.job.num  # back in its own context
+        yield WAITING_FOR_PICTURES
+        return results
+
+    def task(cfg):
+        raise AssertionError("a stacked group runs the steps, not the task function")
+
+    task.steps = steps
+    monkeypatch.setattr(stacked_launcher, "stackable_parts", lambda jobs: [jobs])
+    monkeypatch.setattr(stacked_launcher, "train_together",
+                        lambda requests: trained.append(list(requests)) or [f"results for {r}" for r in requests])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("config", ["+experiment=spiral", f"hydra.sweep.dir={tmp_path}/sweep"],
+                         return_hydra_config=True)
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
+        launcher = stacked_launcher.StackedLauncher()
+        launcher.setup(hydra_context=context, task_function=task, config=config)
+        returns = launcher.launch([["+experiment=spiral", f"optimizer.lr={lr}"] for lr in (0.1, -1, 0.2)], 4)
+    assert seen == [(4, "4", 0.1), (5, "5", -1), (6, "6", 0.2)]
+    assert trained == [["request of job 4", "request of job 6"]]
+    assert [r.status for r in returns] == [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.COMPLETED]
+    assert returns[0].return_value == "results for request of job 4"
+    assert returns[2].return_value == "results for request of job 6"
+    assert str(returns[1]._return_value) == "bad lr"
+    assert all((tmp_path / "sweep" / str(n) / ".hydra" / "overrides.yaml").exists() for n in (4, 5, 6))
