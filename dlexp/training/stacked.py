@@ -20,7 +20,8 @@ hand :func:`dlexp.training.batched.train_folds_batched` when trained alone (whic
 
 Jobs stop independently: all their folds stopped, ``max_epochs`` reached, or their hooks raised (the
 exception becomes the job's outcome). ``KeyboardInterrupt`` (Ctrl-C, ``dlexp.interrupts.Interrupted``) stops
-every job after each job's checkpoint holds the epoch all jobs just finished.
+every job after each job's checkpoint holds the epoch it just finished (jobs resumed from checkpoints may be
+at different epochs of their own in one stack).
 """
 
 from __future__ import annotations
@@ -377,7 +378,8 @@ def train_stacked(jobs: Sequence[StackedJob], x: torch.Tensor, y: torch.Tensor,
     has ``diverged`` set), or the exception its hooks raised (a pruned trial, a store error): that job's
     members stop there and the others train on. ``KeyboardInterrupt`` (Ctrl-C, dlexp.interrupts.Interrupted
     on SIGTERM, raised by a hook or by a job's checkpoint at an epoch's end) stops every job and propagates,
-    after each live job's checkpoint holds the epoch just finished.
+    after each live job's checkpoint holds the epoch just finished; one raised in the middle of an epoch (a
+    second Ctrl-C) propagates at once, the checkpoints keeping their last save.
 
     Raises ValueError when :func:`stacking_obstacle` finds the jobs cannot share a stack.
     """
