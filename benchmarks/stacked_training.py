@@ -2,6 +2,7 @@
 
     python benchmarks/stacked_training.py                      # 1, 6 and 24 jobs, 3 repeats, Markdown tables
     python benchmarks/stacked_training.py --jobs 6 --repeats 1 --no-course
+    python benchmarks/stacked_training.py --scaling            # one training step's cost as the stack grows
 
 Every job is the course set-up on data/ (MLP 2-64-32-5, Adam, StepLR 50 x0.8, batch 50, at most 500 epochs,
 patience 30, 5 stratified folds) with its own lr, weight decay and seed: 1 job = lr 0.01 seed 1; 6 jobs = lr
@@ -112,6 +113,43 @@ def worker(variant: str, n_jobs: int) -> None:
                       "digest": digest(outcomes), "epochs": epochs}))
 
 
+def step_scaling(repeats: int = 7, steps: int = 50) -> None:
+    """What a stack's training step costs as its rows grow (one job of 5 folds, 6 jobs, 24 jobs): forward,
+    hand-written backward and each job's fused Adam on random batches of 50, best of ``repeats`` runs of
+    ``steps`` steps (the least disturbed by other processes). Prints a Markdown table."""
+    import torch
+
+    from dlexp.models.mlp import MLP
+    from dlexp.training.batched import StackedAdam, StackedMLP, smoothed_targets
+
+    torch.set_num_threads(1)
+    macs = sum(a * b for a, b in zip((2, *HIDDEN), (*HIDDEN, 5), strict=True))  # multiply-adds per sample
+    print("| rows (jobs x 5 folds) | ms per step | us per row and step | GFLOP/s in the matrix products |")
+    print("|---|---|---|---|")
+    for rows in (5, 30, 120):
+        torch.manual_seed(0)
+        models = [MLP((2,), 5, hidden_dims=list(HIDDEN)) for _ in range(rows)]
+        stacked = StackedMLP(models)
+        weights = stacked.weights.clone()
+        stacked.bind(weights, [FOLDS] * (rows // FOLDS))
+        parts = weights.split(FOLDS)
+        adams = [StackedAdam(torch.optim.Adam(models[0].parameters(), lr=0.01), part) for part in parts]
+        x, y = torch.randn(rows, BATCH, 2), torch.randint(0, 5, (rows, BATCH))
+        weight = torch.full((rows, BATCH, 1), 1 / BATCH)
+        neg_targets = -smoothed_targets(y, 5, 0.0, torch.float32) * weight
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(steps):
+                _, grad = stacked.logits_and_grad(x, neg_targets, weight)
+                for adam, part, g in zip(adams, parts, grad.split(FOLDS), strict=True):
+                    adam.step(part, g, 0.01, None)
+            best = min(best, (time.perf_counter() - start) / steps)
+        flops = 2 * 3 * rows * BATCH * macs  # forward, weight gradients, input gradients
+        print(f"| {rows} ({rows // FOLDS} x 5) | {best * 1e3:.2f} | {best / rows * 1e6:.0f} | "
+              f"{flops / best / 1e9:.1f} |")
+
+
 def run(variant: str, n_jobs: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, __file__, "--worker", variant, "--jobs", str(n_jobs)], capture_output=True,
@@ -124,8 +162,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="*", default=[1, 6, 24], choices=sorted(SWEEPS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-course", action="store_true", help="leave out the course loop (one job, reference)")
+    parser.add_argument("--scaling", action="store_true", help="only the cost of one step as the stack grows")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scaling:
+        step_scaling()
+        return
     if args.worker:
         worker(args.worker, args.jobs[0])
         return

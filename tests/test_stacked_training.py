@@ -233,3 +233,24 @@ def test_stacking_obstacle_names_the_key(spiral):
     assert "trainer.folds" in stacking_obstacle([base, make_job(spiral, folds=4)])
     with pytest.raises(ValueError, match="cannot train as one stack: model: the jobs' layers differ"):
         train_stacked([base, make_job(spiral, hidden=(8,))], *spiral, BATCH)
+
+
+def test_folds_of_unequal_size_stack_exactly(spiral):
+    """100 points in 3 unstratified folds: 66 or 67 training points, 6 or 7 batches of 11, so as folds stop a
+    job alone pads to fewer batches than the stack (its training loss is summed over its own), and its last
+    batches leave some folds out of an Adam step."""
+    x, y = spiral[0][::3].contiguous(), spiral[1][::3].contiguous()
+
+    def job(seed, lr, patience):
+        made = make_job((x, y), lr=lr, seed=seed, patience=patience, max_epochs=25)
+        made.folds = [(torch.as_tensor(t), torch.as_tensor(v))
+                      for t, v in kfold_indices(y.numpy(), 3, seed=seed, stratify=False)]
+        return made
+
+    specs = [(1, 0.05, 1), (2, 0.02, 3), (3, 0.05, 2)]
+    alones = [train_stacked([job(*spec)], x, y, 11)[0] for spec in specs]
+    stacked = train_stacked([job(*spec) for spec in specs], x, y, 11)
+    assert sorted(len(t) for t, _ in job(1, 0.05, 1).folds) == [66, 67, 67]
+    assert len({r.epochs_run for results in stacked for r in results}) > 2
+    for a, s in zip(alones, stacked, strict=True):
+        assert_identical(a, s)

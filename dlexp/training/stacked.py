@@ -20,7 +20,8 @@ hand :func:`dlexp.training.batched.train_folds_batched` when trained alone (whic
 
 Jobs stop independently: all their folds stopped, ``max_epochs`` reached, or their hooks raised (the
 exception becomes the job's outcome). ``KeyboardInterrupt`` (Ctrl-C, ``dlexp.interrupts.Interrupted``) stops
-every job after each job's checkpoint holds the epoch all jobs just finished.
+every job after each job's checkpoint holds the epoch it just finished (jobs resumed from checkpoints may be
+at different epochs of their own in one stack).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -326,6 +328,48 @@ def dropout_masks(states: list[JobState], layers: list[nn.Module], steps: int, b
     return masks
 
 
+class EpochBatches(NamedTuple):
+    """An epoch's batches for every running fold of the stack, step-major so each step is one slice.
+
+    ``x`` ``(steps, rows, batch, ...)``; ``targets`` ``(steps, rows, batch, classes)`` class probabilities;
+    ``weights`` ``(steps, rows, batch, 1)``: ``1 / len(batch)`` per sample, 0 for padding; ``neg_scaled_targets``
+    ``-targets * weights``; ``masks``: per Dropout layer, ``(steps, rows, batch, width)`` or None without
+    dropout; ``has_batch[step][row]``; ``spans[j] = (first row, end row)`` of live job ``j``.
+    """
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+    neg_scaled_targets: torch.Tensor
+    masks: list[torch.Tensor] | None
+    has_batch: list[list[bool]]
+    spans: list[tuple[int, int]]
+
+
+def epoch_batches(live: list[JobState], x: torch.Tensor, y: torch.Tensor, batch_size: int, n_classes: int,
+                  label_smoothing: float, layers: list[nn.Module]) -> EpochBatches:
+    """Every running fold's shuffled batches for the next epoch (its own order generator, its own dropout
+    generator), padded to the stack's longest fold as :func:`dlexp.training.batched.padded_batches` does."""
+    device = x.device
+    orders = [s.job.folds[i][0][torch.randperm(s.train_sizes[i], generator=s.job.generators[i]).to(device)]
+              for s in live for i in s.running]
+    index, weight = padded_batches(orders, batch_size)
+    n_steps, rows = index.shape[1] // batch_size, len(orders)
+    x_steps, y_steps, w_steps = (t.view(rows, n_steps, batch_size, *t.shape[2:]).transpose(0, 1).contiguous()
+                                 for t in (x[index], y[index], weight))
+    targets = smoothed_targets(y_steps, n_classes, label_smoothing, x.dtype)
+    weight_steps = w_steps.unsqueeze(3)
+    masks = dropout_masks(live, layers, n_steps, batch_size, dropout_widths(layers))
+    spans, start = [], 0
+    for s in live:
+        spans.append((start, start + len(s.running)))
+        start += len(s.running)
+    # Which folds have a batch at each step: with unequal train sizes the last steps may miss some.
+    return EpochBatches(x_steps, targets, weight_steps, -targets * weight_steps,
+                        None if masks is None else [m.to(device) for m in masks], (w_steps[:, :, 0] > 0).tolist(),
+                        spans)
+
+
 def train_stacked(jobs: Sequence[StackedJob], x: torch.Tensor, y: torch.Tensor,
                   batch_size: int) -> list[list[FoldResult] | Exception]:
     """Train every job's folds on the shared data ``x`` (float, ``(n, features)``) and ``y`` (int64, ``(n,)``).
@@ -334,7 +378,8 @@ def train_stacked(jobs: Sequence[StackedJob], x: torch.Tensor, y: torch.Tensor,
     has ``diverged`` set), or the exception its hooks raised (a pruned trial, a store error): that job's
     members stop there and the others train on. ``KeyboardInterrupt`` (Ctrl-C, dlexp.interrupts.Interrupted
     on SIGTERM, raised by a hook or by a job's checkpoint at an epoch's end) stops every job and propagates,
-    after each live job's checkpoint holds the epoch just finished.
+    after each live job's checkpoint holds the epoch just finished; one raised in the middle of an epoch (a
+    second Ctrl-C) propagates at once, the checkpoints keeping their last save.
 
     Raises ValueError when :func:`stacking_obstacle` finds the jobs cannot share a stack.
     """
@@ -350,7 +395,6 @@ def train_stacked(jobs: Sequence[StackedJob], x: torch.Tensor, y: torch.Tensor,
     for job in jobs:
         states.append(JobState(job, all_weights[member:member + len(job.models)].clone(), member))
         member += len(job.models)
-    widths = dropout_widths(layers)
     n_classes = models[0][-1].out_features
     label_smoothing = jobs[0].loss_fn.criterion.label_smoothing
     val_index, val_weight = padded_batches([val for job in jobs for _, val in job.folds],
@@ -375,32 +419,14 @@ def train_stacked(jobs: Sequence[StackedJob], x: torch.Tensor, y: torch.Tensor,
         stacked.bind(weights, blocks)
         members = torch.tensor([s.first_member + i for s in live for i in s.running], device=device)
         lrs = [s.job.optimizer.param_groups[0]["lr"] for s in live]
-        orders = [s.job.folds[i][0][torch.randperm(s.train_sizes[i], generator=s.job.generators[i]).to(device)]
-                  for s in live for i in s.running]
-        index, weight = padded_batches(orders, batch_size)
-        n_steps = index.shape[1] // batch_size
-        rows = len(orders)
-        # Step-major copies, so each step's batch of every fold is one contiguous slice.
-        x_steps, y_steps, w_steps = (t.view(rows, n_steps, batch_size, *t.shape[2:]).transpose(0, 1).contiguous()
-                                     for t in (x[index], y[index], weight))
-        targets = smoothed_targets(y_steps, n_classes, label_smoothing, x.dtype)
-        weight_steps = w_steps.unsqueeze(3)
-        neg_scaled_targets = -targets * weight_steps
-        masks = dropout_masks(live, layers, n_steps, batch_size, widths)
-        if masks is not None:
-            masks = [m.to(device) for m in masks]
-        # Which folds have a batch at each step: with unequal train sizes the last steps may miss some.
-        has_batch = (w_steps[:, :, 0] > 0).tolist()
-        spans = []
-        start = 0
-        for s in live:
-            spans.append((start, start + len(s.running)))
-            start += len(s.running)
+        batches = epoch_batches(live, x, y, batch_size, n_classes, label_smoothing, layers)
+        n_steps, spans = len(batches.x), batches.spans
         step_logits = []
         for step in range(n_steps):
-            logits, grad = stacked.logits_and_grad(x_steps[step], neg_scaled_targets[step], weight_steps[step],
-                                                   None if masks is None else [m[step] for m in masks])
-            flags = has_batch[step]
+            logits, grad = stacked.logits_and_grad(batches.x[step], batches.neg_scaled_targets[step],
+                                                   batches.weights[step],
+                                                   None if batches.masks is None else [m[step] for m in batches.masks])
+            flags = batches.has_batch[step]
             for s, (a, b), lr in zip(live, spans, lrs, strict=True):
                 active = flags[a:b]
                 if all(active):
@@ -410,7 +436,7 @@ def train_stacked(jobs: Sequence[StackedJob], x: torch.Tensor, y: torch.Tensor,
             step_logits.append(logits)
         # Each job's losses summed as alone (torch sums a (steps, k, batch) tensor in an order that depends on
         # k, and a job alone pads to its own longest fold): over its own rows and steps, contiguous.
-        sample_losses = epoch_sample_losses(torch.stack(step_logits), targets, w_steps > 0)
+        sample_losses = epoch_sample_losses(torch.stack(step_logits), batches.targets, batches.weights[..., 0] > 0)
         train_total = torch.cat([sample_losses[:s.steps(batch_size), a:b].contiguous().sum(dim=(0, 2))
                                  for s, (a, b) in zip(live, spans, strict=True)])
 
