@@ -113,6 +113,13 @@ class StackedLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        if self.max_jobs is not None and (isinstance(self.max_jobs, bool) or not isinstance(self.max_jobs, int)
+                                          or self.max_jobs < 1):
+            import sys
+
+            print(f"error: hydra.launcher.max_jobs={self.max_jobs!r}: expected an integer >= 1 or null",
+                  file=sys.stderr)
+            sys.exit(2)
 
     def steps_function(self) -> Callable | None:
         """The task function's steps (a generator function of the task config), or None: it runs whole."""
