@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +109,29 @@ def choose_strategy(requested: str, objects: FoldObjects, data) -> str:
     return "sequential" if obstacle else "batched"
 
 
+def fold_setup(cfg: DictConfig, data: ExperimentData, folds: list, device: torch.device,
+               checkpoints: Checkpoints | None) -> tuple[list, list, Callable[[int], FoldObjects], dict]:
+    """What training the folds starts from: each fold's (train, val) index tensors on ``device``, each fold's
+    data-order generator, a builder of fold ``k``'s fresh objects, and the folds finished in an earlier attempt
+    (fold -> result) by ``checkpoints``."""
+    from dlexp.data.splits import fold_seed
+
+    trainer = cfg.trainer
+    fold_indices = [(torch.as_tensor(train, device=device), torch.as_tensor(val, device=device))
+                    for train, val in folds]
+    generators = [torch.Generator().manual_seed(fold_seed(trainer.seed, fold, "order"))
+                  for fold in range(1, len(folds) + 1)]
+
+    def objects_of(fold: int) -> FoldObjects:
+        return build_fold_objects(cfg, data, device, seed=fold_seed(trainer.seed, fold, "weights"))
+
+    done = {fold: result for fold in range(1, len(folds) + 1)
+            if checkpoints is not None and (result := checkpoints.finished(fold)) is not None}
+    if done:
+        log.info("folds %s finished in an earlier attempt: not trained again", ", ".join(map(str, sorted(done))))
+    return fold_indices, generators, objects_of, done
+
+
 def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Tensor, y: torch.Tensor,
                 device: torch.device, strategy: str, hooks: TrainingHooks = NO_HOOKS,
                 checkpoints: Checkpoints | None = None) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
@@ -123,44 +146,16 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
     trained again (the hooks hear of them as if they were), an interrupted one continues from its checkpoint,
     and every fold is checkpointed as it trains.
     """
-    from dlexp.data.splits import fold_seed
-
     trainer = cfg.trainer
     patience = trainer.max_epochs if trainer.patience is None else trainer.patience
-    fold_indices = [(torch.as_tensor(train, device=device), torch.as_tensor(val, device=device))
-                    for train, val in folds]
-    generators = [torch.Generator().manual_seed(fold_seed(trainer.seed, fold, "order"))
-                  for fold in range(1, len(folds) + 1)]
-
-    def objects_of(fold: int) -> FoldObjects:
-        return build_fold_objects(cfg, data, device, seed=fold_seed(trainer.seed, fold, "weights"))
-
-    done = {fold: result for fold in range(1, len(folds) + 1)
-            if checkpoints is not None and (result := checkpoints.finished(fold)) is not None}
-    if done:
-        log.info("folds %s finished in an earlier attempt: not trained again", ", ".join(map(str, sorted(done))))
+    fold_indices, generators, objects_of, done = fold_setup(cfg, data, folds, device, checkpoints)
     first = objects_of(1)
     log.info("training %d folds %s", len(folds), "at once" if strategy == "batched" else "one by one")
     if strategy == "batched":
-        objects = [first] + [objects_of(fold) for fold in range(2, len(folds) + 1)]
-        models = [o.model for o in objects]
-        if len(done) == len(folds):
-            results = [replay_finished(done[fold], models[fold - 1], hooks) for fold in sorted(done)]
-        else:
-            results = train_folds_batched(
-                models, first.optimizer, first.scheduler, first.loss_fn, x, y, fold_indices,
-                batch_size=trainer.batch_size, max_epochs=trainer.max_epochs, patience=patience,
-                generators=generators, min_delta=trainer.min_delta, hooks=hooks,
-                checkpoint=checkpoints.epochs("batched") if checkpoints is not None else None,
-            )
-            if checkpoints is not None:
-                for result in results:
-                    if result.diverged is None:
-                        checkpoints.finish(result)
-                checkpoints.remove("batched")
-        yield from ((r, m) for r, m in zip(results, models, strict=True) if r.diverged is None)
-        if diverged := next((r.diverged for r in results if r.diverged is not None), None):
-            raise diverged  # after the finished folds are logged, like one-by-one training
+        batched = BatchedFolds([first] + [objects_of(fold) for fold in range(2, len(folds) + 1)], fold_indices,
+                               generators, trainer, hooks, checkpoints, done)
+        results = None if batched.job is None else train_alone(batched.job, x, y, int(trainer.batch_size))
+        yield from batched.finish(results)
         return
     for fold, (train_idx, val_idx) in enumerate(fold_indices, start=1):
         objects = first if fold == 1 else objects_of(fold)
@@ -178,6 +173,90 @@ def train_folds(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Ten
         if checkpoints is not None:
             checkpoints.finish(result)
         yield result, objects.model
+
+
+class BatchedFolds:
+    """A job's folds trained as one stacked model: the request (:class:`dlexp.training.stacked.StackedJob`,
+    None when every fold finished in an earlier attempt) and what becomes of its results.
+
+    ``objects[k]`` are fold ``k + 1``'s model, optimizer, scheduler and loss (fold 1's optimizer and scheduler
+    give the hyper-parameters); ``done`` maps folds finished in an earlier attempt to their results.
+    """
+
+    def __init__(self, objects: list[FoldObjects], fold_indices: list, generators: list, trainer: DictConfig,
+                 hooks: TrainingHooks, checkpoints: Checkpoints | None, done: dict[int, FoldResult]) -> None:
+        from dlexp.training.stacked import StackedJob
+
+        self.models = [o.model for o in objects]
+        self.hooks, self.checkpoints, self.done = hooks, checkpoints, done
+        patience = trainer.max_epochs if trainer.patience is None else trainer.patience
+        self.job = None if len(done) == len(objects) else StackedJob(
+            self.models, objects[0].optimizer, objects[0].scheduler, objects[0].loss_fn, fold_indices, generators,
+            max_epochs=int(trainer.max_epochs), patience=int(patience), min_delta=float(trainer.min_delta),
+            hooks=hooks, checkpoint=checkpoints.epochs("batched") if checkpoints is not None else None)
+
+    def finish(self, results: list[FoldResult] | None) -> Iterator[tuple[FoldResult, torch.nn.Module]]:
+        """Each fold's result and model, as :func:`train_folds` yields them; ``results`` are the trained ones
+        (None when nothing was trained). A diverged fold raises its error after the others are yielded."""
+        if results is None:
+            results = [replay_finished(self.done[fold], self.models[fold - 1], self.hooks)
+                       for fold in sorted(self.done)]
+        elif self.checkpoints is not None:
+            for result in results:
+                if result.diverged is None:
+                    self.checkpoints.finish(result)
+            self.checkpoints.remove("batched")
+        yield from ((r, m) for r, m in zip(results, self.models, strict=True) if r.diverged is None)
+        if diverged := next((r.diverged for r in results if r.diverged is not None), None):
+            raise diverged  # after the finished folds are logged, like one-by-one training
+
+
+def train_alone(job, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[FoldResult]:
+    """One job's folds as one stacked model (dlexp.training.batched.train_folds_batched); hooks' errors raise."""
+    return train_folds_batched(
+        job.models, job.optimizer, job.scheduler, job.loss_fn, x, y, job.folds, batch_size=batch_size,
+        max_epochs=job.max_epochs, patience=job.patience, generators=job.generators, min_delta=job.min_delta,
+        hooks=job.hooks, checkpoint=job.checkpoint)
+
+
+#: What :func:`experiment_steps` yields once its pictures are all asked for, before it waits for them; it is
+#: sent ``None`` to go on.
+WAITING_FOR_PICTURES = "waiting for pictures"
+
+
+@dataclass
+class TrainingRequest:
+    """What :func:`experiment_steps` yields: its folds to train (``job``, a StackedJob) on ``x``/``y`` in
+    batches of ``batch_size``. It is sent back the fold results (``list[FoldResult]``) or thrown the exception
+    that stopped its training. ``checkpoints`` take a stop signal (dlexp.training.checkpoint.stop_at_epoch_end).
+    """
+
+    job: object
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+    checkpoints: Checkpoints | None
+    seconds: float | None = None  # how long training took: set by a launcher that trains it with others
+
+
+def batched_steps(cfg: DictConfig, data: ExperimentData, folds: list, x: torch.Tensor, y: torch.Tensor,
+                  device: torch.device, hooks: TrainingHooks, checkpoints: Checkpoints | None,
+                  ) -> Generator[TrainingRequest, list[FoldResult], Iterator[tuple[FoldResult, torch.nn.Module]]]:
+    """Batched training in steps: yields the request for the folds to train (none when every fold finished in an
+    earlier attempt), is sent their results, and returns each fold's result and model as :func:`train_folds`
+    yields them."""
+    fold_indices, generators, objects_of, done = fold_setup(cfg, data, folds, device, checkpoints)
+    log.info("training %d folds at once", len(folds))
+    batched = BatchedFolds([objects_of(fold) for fold in range(1, len(folds) + 1)], fold_indices, generators,
+                           cfg.trainer, hooks, checkpoints, done)
+    results = None
+    if batched.job is not None:
+        request = TrainingRequest(batched.job, x, y, int(cfg.trainer.batch_size), checkpoints)
+        results = yield request
+        if request.seconds is not None and checkpoints is not None:
+            # trained with other jobs, whose set-up came between: the training time is the stacked model's
+            checkpoints.started = time.perf_counter() - request.seconds
+    return batched.finish(results)
 
 
 @dataclass
@@ -211,6 +290,47 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
                        extra_tags: dict[str, str] | None = None,
                        hooks: TrainingHooks = NO_HOOKS) -> ExperimentOutcome:
     """:func:`run_experiment`, returning the run id, fold results and models as well as the summary."""
+    return run_alone(experiment_steps(cfg, output_dir, overrides, extra_tags, hooks))
+
+
+def run_alone(steps: Generator[TrainingRequest, list[FoldResult], object]) -> object:
+    """Run ``steps`` (:func:`experiment_steps`, or a job's steps around them) to the end, training each
+    request they yield alone (:func:`train_alone`); returns what they return.
+
+    A first SIGTERM or Ctrl-C while training stops at the end of the epoch, checkpointed
+    (dlexp.training.checkpoint.stop_at_epoch_end); an error of training is raised inside ``steps``.
+    """
+    try:
+        request = next(steps)
+        while True:
+            if request == WAITING_FOR_PICTURES:
+                request = steps.send(None)
+                continue
+            results = None
+            try:
+                with stop_at_epoch_end(request.checkpoints):
+                    results = train_alone(request.job, request.x, request.y, request.batch_size)
+            except BaseException as error:  # noqa: BLE001 - the steps end their runs as this says, and raise it
+                if results is None:
+                    request = steps.throw(error)
+                    continue
+                # asked to stop after the last epoch: the results count; the steps stop after logging them
+            request = steps.send(results)
+    except StopIteration as end:
+        return end.value
+
+
+def experiment_steps(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None,
+                     extra_tags: dict[str, str] | None = None, hooks: TrainingHooks = NO_HOOKS,
+                     ) -> Generator[TrainingRequest, list[FoldResult], ExperimentOutcome]:
+    """:func:`experiment_outcome` in steps around training, for a launcher that trains several jobs' folds as
+    one stacked model (dlexp.sweeps.stacked_launcher): everything before training happens up to the first
+    ``yield``, which hands out a :class:`TrainingRequest` when the folds train batched; the caller sends back
+    its fold results (or throws the exception that stopped it, which ends the run as it would alone) and the
+    rest (fold logging, pictures, files, models) runs to the outcome, the generator's return value, with one
+    more ``yield`` of :data:`WAITING_FOR_PICTURES` (sent ``None``) before it waits for its pictures.
+    Sequential training (folds one by one) happens inside the steps and yields nothing.
+    """
     validate_config(cfg)
     checkpoint_every = parse_every(cfg.trainer.get("checkpoint_every"))
     offline.prepare(cfg.tracking)  # bounded store calls, before the helper process starts
@@ -284,14 +404,21 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
         checkpoints.start_clock()
         results: list[FoldResult] = []
         models: list[torch.nn.Module] = []
-        with fold_runs, closing(shown), stop_at_epoch_end(checkpoints):
-            for result, model in train_folds(cfg, data, folds, x_train, y_train, device, strategy,
-                                             hooks=HookList([fold_runs, shown, hooks]), checkpoints=checkpoints):
-                log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
-                         result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
-                         100 * result.best_val_acc, 100 * result.test_acc)
-                results.append(result)
-                models.append(model)
+        training_hooks = HookList([fold_runs, shown, hooks])
+        with fold_runs, closing(shown):
+            if strategy == "batched":
+                trained = yield from batched_steps(cfg, data, folds, x_train, y_train, device, training_hooks,
+                                                   checkpoints)
+            else:
+                trained = train_folds(cfg, data, folds, x_train, y_train, device, strategy,
+                                      hooks=training_hooks, checkpoints=checkpoints)
+            with stop_at_epoch_end(checkpoints):
+                for result, model in trained:
+                    log.info("fold %d/%d: %d epochs, best epoch %d, val loss %.4f, val acc %.2f%%, test acc %.2f%%",
+                             result.fold, len(folds), result.epochs_run, result.best_epoch, result.best_val_loss,
+                             100 * result.best_val_acc, 100 * result.test_acc)
+                    results.append(result)
+                    models.append(model)
         seconds = checkpoints.elapsed()  # earlier attempts' training included
 
         ensemble = torch.stack([class_probabilities(m, x_test, eval_transform) for m in models]).mean(dim=0)
@@ -308,6 +435,8 @@ def experiment_outcome(cfg: DictConfig, output_dir: str | Path, overrides: list[
             writer.log_artifact(client, run_id, picture, "plots")
         if log_models:  # after the metrics, which MLflow links to the models
             run_models.log_run_models(writer, mlflow.get_tracking_uri(), run_id, best_model, models, data)
+        # A launcher finishing several jobs lets the next job's work here overlap this one's pictures in the helper.
+        yield WAITING_FOR_PICTURES
         writer.drain()  # every picture is in the store before the model and summary are written
         for path in write_run_files(output_dir, summary, best_model, data):
             client.log_artifact(run_id, str(path))

@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,6 +394,19 @@ class SweepJob:
         Returns the job's ``tracking.best_metric`` for sweepers. A user error fails only this job (NaN is
         returned, the sweep goes on and exits 2 at its end); the record is written on every path.
         """
+        from dlexp.experiment import run_alone
+
+        def steps(tags: dict[str, str]):
+            return train(tags)
+            yield  # a generator that trains without handing out a request
+
+        return run_alone(self.steps(cfg, steps))
+
+    def steps(self, cfg: DictConfig, steps: Callable[[dict[str, str]], Generator[Any, Any, dict]],
+              ) -> Generator[Any, Any, float]:
+        """:meth:`run` in steps: ``steps(tags)`` is the job's run in steps (dlexp.experiment.experiment_steps,
+        returning the summary); what it yields (a training request) is yielded on, what is sent or thrown back
+        goes to it. Returns the job's ``tracking.best_metric``, as :meth:`run`."""
         from dlexp.sweeps.search.pruning import is_pruned, record_pruned
         from dlexp.tracking.store import one_line, setup_experiment
 
@@ -405,7 +418,7 @@ class SweepJob:
         error = pruned = None
         requeued = False
         try:
-            summary = train(self.tags)
+            summary = yield from steps(self.tags)
             return float(summary.get(tracking.best_metric, math.nan))
         except BaseException as exc:
             requeued = isinstance(exc, Requeued)  # stopped to go on in its next attempt, which leaves the record

@@ -8,8 +8,12 @@ from the batch, so nothing touches its weights or metrics again.
 
 Only what stacks exactly is batched (:func:`batching_obstacle` says why not otherwise): Linear,
 activation and dropout layers, Adam/AdamW, epoch-driven LR schedules and cross-entropy on class indices.
-Dropout draws its masks from torch's global generator as ``nn.Dropout`` does (so a seeded run repeats),
-one mask per fold and sample; the draws are not those of one-by-one training, their distribution is.
+Each fold draws its dropout masks from a generator of its own (dlexp.training.stacked.dropout_generator,
+seeded from the fold's seed), one mask per sample; the draws are not those of one-by-one training (which uses
+torch's global generator as ``nn.Dropout`` does), their distribution is.
+
+The training loop itself is dlexp.training.stacked's (several jobs' folds in one stack); a job's folds alone
+are the one-job case (:func:`train_folds_batched`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlexp.models.mlp import ACTIVATIONS
-from dlexp.training.loop import NO_HOOKS, EarlyStopping, FoldResult, TrainingDiverged, TrainingHooks, check_finite
+from dlexp.training.loop import NO_HOOKS, FoldResult, TrainingHooks
 from dlexp.training.losses import ClassificationLoss
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ ACTIVATION_OPS = {
     nn.Tanh: (torch.tanh, lambda g, out: g * (1 - out * out), "tanh_backward"),
     nn.Sigmoid: (torch.sigmoid, lambda g, out: g * out * (1 - out), "sigmoid_backward"),
 }
+#: The in-place forms of ACTIVATION_OPS' functions (same kernels, same results, no new tensor).
+IN_PLACE = {nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_}
 #: torch's warning when a scheduler steps and the optimizer's own step() never ran (ours is StackedAdam's).
 SCHEDULER_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before `optimizer.step()`")
 #: What a private torch API raises where this torch lacks it or cannot run it here.
@@ -64,6 +69,8 @@ def activation_backward(layer_type: type[nn.Module], device: torch.device) -> Ca
 
 
 OPTIMIZERS = (torch.optim.Adam, torch.optim.AdamW)
+#: Elements per row from which elementwise ops on stacked rows round every row alike (StackedMLP.activation).
+ALIGNED = 64
 
 
 def batching_obstacle(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -114,8 +121,12 @@ class StackedMLP:
     than the same product the other way round (measured on this project's 2-64-32-5 spiral MLP).
     """
 
-    def __init__(self, models: Sequence[nn.Sequential]) -> None:
-        self.layers = list(models[0])
+    def __init__(self, models: Sequence[nn.Sequential], layers: Sequence[nn.Module] | None = None) -> None:
+        #: the layers every model runs through; models stacked with others whose dropout differs get theirs
+        #: from dlexp.training.stacked.stack_layers (a Dropout wherever any of them has one)
+        self.layers = list(models[0]) if layers is None else list(layers)
+        #: rows per block of rows computed apart in elementwise activations (see ``activation``), or None
+        self.blocks: list[int] | None = None
         linears = [layer for layer in self.layers if isinstance(layer, nn.Linear)]
         #: per Linear layer: True if its weight is stored as torch's (out, in), False if as (in, out)
         self.out_first = [layer.out_features < layer.in_features for layer in linears]
@@ -136,14 +147,18 @@ class StackedMLP:
         self.backward_ops = {kind: activation_backward(kind, device) for kind in
                              {type(layer) for layer in self.layers} & ACTIVATION_OPS.keys()}
 
-    def bind(self, weights: torch.Tensor) -> None:
+    def bind(self, weights: torch.Tensor, blocks: list[int] | None = None) -> None:
         """Train ``weights`` (one row per running fold) from now on.
+
+        ``blocks`` (rows per job, in order, summing to ``len(weights)``) makes elementwise activations run
+        on each job's rows apart where a stacked call could round a row differently (:meth:`activation`).
 
         The per-layer views (and the ``(k, out, in)`` ones the backward pass multiplies by) are made here,
         once per change of the running folds, not once per step: at this size every tensor call is a
         measurable cost.
         """
         self.params = self.views(weights)
+        self.blocks = blocks if blocks is not None and len(blocks) > 1 else None
         if not self.manual_backward:  # autograd differentiates the views
             self.params = [view.requires_grad_() for view in self.params]
         self.backward_weights = [w if out_first else w.transpose(1, 2)
@@ -154,15 +169,36 @@ class StackedMLP:
         return [part.view(len(weights), *shape)
                 for part, shape in zip(weights.split(self.sizes, dim=1), self.shapes, strict=True)]
 
+    def activation(self, op: Callable, *tensors: torch.Tensor) -> torch.Tensor:
+        """``op(*tensors)`` for an elementwise op on ``(k, batch, width)`` tensors, each row computed as it
+        would be in a stack of its own job's rows only.
+
+        torch's CPU kernels run the vectorised body over a flat tensor and a scalar tail over its last
+        elements, and for some ops (sigmoid, measured on torch 2.14) the two round differently; when a row's
+        ``batch * width`` elements are not a multiple of ``ALIGNED``, where the tail falls depends on the rows
+        around it, so such ops run on each job's rows apart (``blocks``). Rows of a multiple of ``ALIGNED``
+        elements never reach a tail (64 floats: two 512-bit vectors, the widest loop step, twice over).
+        """
+        if self.blocks is None or tensors[0][0].numel() % ALIGNED == 0:
+            return op(*tensors)
+        if op in IN_PLACE.values():  # each block in place: no copy of the parts into a new tensor
+            for part in tensors[0].split(self.blocks):
+                op(part)
+            return tensors[0]
+        return torch.cat([op(*parts) for parts in zip(*(t.split(self.blocks) for t in tensors), strict=True)])
+
     def forward(self, x: torch.Tensor, saved: list[torch.Tensor] | None = None,
-                training: bool = False) -> torch.Tensor:
+                training: bool = False, masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Logits ``(k, batch, classes)`` of inputs ``(k, batch, ...)`` with the bound weights.
 
-        ``training`` turns dropout on (a fresh mask per call, scaled by ``1 / (1 - p)`` as ``nn.Dropout``
-        does); evaluation leaves it out. With ``saved``, appends each Linear layer's input, each activation's
-        output and each dropout mask, which is what the hand-written backward pass needs.
+        ``masks`` (one ``(k, batch, width)`` tensor per Dropout layer, already scaled by ``1 / (1 - p)``; ones
+        for a row without dropout) are the dropout masks of a training step. Without them, ``training`` draws
+        a fresh mask per call from torch's global generator as ``nn.Dropout`` does; evaluation leaves dropout
+        out. With ``saved``, appends each Linear layer's input, each activation's output and each dropout
+        mask, which is what the hand-written backward pass needs.
         """
-        linear = 0
+        linear = dropout = 0
+        fresh = False  # whether x is a tensor of this call's own (which an activation may overwrite)
         for layer in self.layers:
             if isinstance(layer, nn.Linear):
                 if saved is not None:
@@ -170,23 +206,31 @@ class StackedMLP:
                 weight = self.params[2 * linear]
                 x = torch.baddbmm(self.params[2 * linear + 1], x,
                                   weight.transpose(1, 2) if self.out_first[linear] else weight)
-                linear += 1
+                linear, fresh = linear + 1, True
             elif isinstance(layer, nn.Flatten):
-                x = x.flatten(2)
+                x, fresh = x.flatten(2), False
             elif isinstance(layer, nn.Dropout):
-                if training and layer.p > 0:
+                mask = None
+                if masks is not None:
+                    mask, dropout = masks[dropout], dropout + 1
+                elif training and layer.p > 0:
                     mask = torch.empty_like(x).bernoulli_(1 - layer.p).div_(1 - layer.p)
-                    x = x * mask
+                if mask is not None:
+                    x, fresh = x * mask, True
                     if saved is not None:
                         saved.append(mask)
             else:
-                x = ACTIVATION_OPS[type(layer)][0](x) if type(layer) in ACTIVATION_OPS else layer(x)
+                if fresh and self.manual_backward:  # in place: a new tensor of this size costs more than the op
+                    x = self.activation(IN_PLACE[type(layer)], x)
+                else:
+                    x = self.activation(ACTIVATION_OPS[type(layer)][0] if type(layer) in ACTIVATION_OPS else layer, x)
+                    fresh = True
                 if saved is not None:
                     saved.append(x)
         return x
 
-    def logits_and_grad(self, x: torch.Tensor, neg_scaled_target: torch.Tensor,
-                        weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits_and_grad(self, x: torch.Tensor, neg_scaled_target: torch.Tensor, weight: torch.Tensor,
+                        masks: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(k, batch, classes)`` and the gradient of the summed fold losses, flat like the weights.
 
         ``weight`` ``(k, batch, 1)`` is ``1 / batch size`` per sample (0 for padding), so a fold's loss is the
@@ -194,15 +238,15 @@ class StackedMLP:
         probabilities (label smoothing included). The losses themselves are computed once per epoch from
         the logits (:func:`epoch_train_losses`), not per step. ReLU, Tanh and Sigmoid networks get a
         hand-written backward pass (half the calls of autograd's, which is what a step of a tiny model
-        costs); other activations go through autograd.
+        costs); other activations go through autograd. ``masks``: the step's dropout masks (:meth:`forward`).
         """
         if not self.manual_backward:
-            logits = self.forward(x, training=True)
+            logits = self.forward(x, training=True, masks=masks)
             loss = (neg_scaled_target * logits.log_softmax(dim=2)).sum()
             grads = torch.autograd.grad(loss, self.params)
             return logits.detach(), torch.cat([g.flatten(1) for g in grads], dim=1)
         saved: list[torch.Tensor] = []
-        logits = self.forward(x, saved, training=True)
+        logits = self.forward(x, saved, training=True, masks=masks)
         # d(sum of fold losses) / d(logits) = weight * (softmax - target)
         g = torch.addcmul(neg_scaled_target, softmax(logits), weight)
         linear = len(self.out_first)
@@ -217,10 +261,10 @@ class StackedMLP:
                 if linear:
                     g = torch.bmm(g, self.backward_weights[linear])
             elif isinstance(layer, nn.Dropout):
-                if layer.p > 0:
+                if masks is not None or layer.p > 0:
                     g = g * saved.pop()
             elif not isinstance(layer, nn.Flatten):
-                g = self.backward_ops[type(layer)](g, saved.pop())
+                g = self.activation(self.backward_ops[type(layer)], g, saved.pop())
         parts.reverse()
         return logits, torch.cat(parts, dim=1)
 
@@ -257,6 +301,7 @@ class StackedAdam:
         self.exp_avg = torch.zeros_like(weights)
         self.exp_avg_sq = torch.zeros_like(weights)
         self.steps = [0] * len(weights)
+        self.step_tensors: dict[torch.device, torch.Tensor] = {}
         self.fused = self.fused_kernel(weights)
 
     def fused_kernel(self, weights: torch.Tensor) -> Callable | None:
@@ -277,7 +322,11 @@ class StackedAdam:
 
     def call_fused(self, kernel: Callable, weights, grad, exp_avg, exp_avg_sq, step: int, lr: float) -> None:
         # As torch.optim.Adam(fused=True) keeps it: the step count a float32 tensor on the params' device.
-        step_tensor = torch.tensor(float(step), dtype=torch.float32, device=weights.device)
+        # The kernel only reads it (torch.optim.Adam steps it itself), so one tensor is refilled each step.
+        step_tensor = self.step_tensors.get(weights.device)
+        if step_tensor is None:
+            step_tensor = self.step_tensors[weights.device] = torch.zeros((), device=weights.device)
+        step_tensor.fill_(float(step))
         kernel([weights], [grad], [exp_avg], [exp_avg_sq], [], [step_tensor], lr=lr, beta1=self.beta1,
                beta2=self.beta2, weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
 
@@ -338,11 +387,15 @@ def smoothed_targets(y: torch.Tensor, n_classes: int, label_smoothing: float, dt
     return F.one_hot(y, n_classes).to(dtype) * (1 - label_smoothing) + label_smoothing / n_classes
 
 
+def epoch_sample_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sample's training loss ``(steps, k, batch)`` over an epoch from its steps' logits ``(steps, k, batch,
+    classes)``, 0 for padding (``mask`` False): one computation per epoch instead of one per step."""
+    return -(targets * log_softmax(logits)).sum(dim=3) * mask
+
+
 def epoch_train_losses(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Each fold's summed training loss over an epoch from its steps' logits ``(steps, k, batch, classes)``:
-    one computation per epoch instead of one per step (``mask`` is False for padding)."""
-    per_sample = -(targets * log_softmax(logits)).sum(dim=3)
-    return (per_sample * mask).sum(dim=(0, 2))
+    """Each fold's summed training loss over an epoch (:func:`epoch_sample_losses` summed per fold)."""
+    return epoch_sample_losses(logits, targets, mask).sum(dim=(0, 2))
 
 
 def train_folds_batched(
@@ -360,6 +413,7 @@ def train_folds_batched(
     min_delta: float = 0.0,
     hooks: TrainingHooks = NO_HOOKS,
     checkpoint=None,
+    dropout_generators: Sequence[torch.Generator] | None = None,
 ) -> list[FoldResult]:
     """Train fold ``i``'s ``models[i]`` on ``folds[i] = (train_indices, val_indices)``, all at once.
 
@@ -367,148 +421,20 @@ def train_folds_batched(
     learning-rate schedule, which is the same for every fold. Each model ends holding its best epoch's
     weights, also returned in its :class:`FoldResult` like ``train_fold`` does. A fold whose loss turns
     NaN or infinite stops there and comes back with ``diverged`` set; the others train to the end.
-    ``hooks`` hear of every fold's epochs, and of each fold as it stops (with its best weights loaded).
-    ``checkpoint`` (a dlexp.training.checkpoint.EpochCheckpoint) restores the stacked state of an interrupted
-    run before the first epoch (the hooks hear of its epochs and stopped folds again) and saves it at the end
-    of epochs.
+    ``hooks`` hear of every fold's epochs, and of each fold as it stops (with its best weights loaded); an
+    exception they raise propagates. ``checkpoint`` (a dlexp.training.checkpoint.EpochCheckpoint) restores
+    the stacked state of an interrupted run before the first epoch (the hooks hear of its epochs and stopped
+    folds again) and saves it at the end of epochs. ``dropout_generators[i]`` draws fold ``i``'s dropout
+    masks (default: seeded from ``generators[i]``'s seed, dlexp.training.stacked.dropout_generator).
+
+    This is dlexp.training.stacked.train_stacked with one job, so a job trains to the same numbers alone
+    and stacked with other jobs of a sweep.
     """
-    device = x.device
-    k = len(models)
-    stacked = StackedMLP(models)
-    weights = stacked.weights.to(device)
-    adam = StackedAdam(optimizer, weights)
-    label_smoothing = loss_fn.criterion.label_smoothing
-    best_weights = weights.clone()
-    results = [FoldResult(fold=i + 1, train_indices=train, val_indices=val,
-                          history={"train_loss": [], "val_loss": [], "val_acc": [], "lr": []})
-               for i, (train, val) in enumerate(folds)]
-    stoppers = [EarlyStopping(patience, min_delta) for _ in range(k)]
-    running = list(range(k))  # fold positions still training; row r of `weights` is fold running[r]
-    val_index, val_weight = padded_batches([val for _, val in folds], max(len(val) for _, val in folds))
-    val_index, val_weight = val_index.to(device), val_weight.to(device)
-    stacked.bind(weights)
-    n_classes = models[0][-1].out_features
-    for result in results:
-        hooks.fold_start(result.fold)
+    from dlexp.training.stacked import StackedJob, train_stacked
 
-    def finish(i: int) -> None:
-        """Fold ``i`` has stopped: its best weights into its model and result, then its hook."""
-        results[i].state_dict = stacked.state_dict(best_weights[i], models[i])
-        models[i].load_state_dict(results[i].state_dict)
-        hooks.fold_end(results[i])
-
-    first_epoch = 1
-    if checkpoint is not None and (saved := checkpoint.restore()) is not None:
-        from dlexp.training.checkpoint import replay_epochs, result_from_state
-
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        for generator, state in zip(generators, saved["generators"], strict=True):
-            generator.set_state(state)
-        torch.set_rng_state(saved["rng"])
-        running = list(saved["running"])
-        weights, best_weights = saved["weights"].to(device), saved["best_weights"].to(device)
-        adam.exp_avg, adam.exp_avg_sq = saved["exp_avg"].to(device), saved["exp_avg_sq"].to(device)
-        adam.steps = list(saved["steps"])
-        stacked.bind(weights)
-        for i, (result, stopper) in enumerate(zip(results, stoppers, strict=True)):
-            saved_result = result_from_state(saved["results"][i])
-            for key, values in saved_result.history.items():
-                result.history[key][:] = values
-            for name in ("best_epoch", "best_val_loss", "best_val_acc", "epochs_run", "diverged"):
-                setattr(result, name, getattr(saved_result, name))
-            vars(stopper).update(saved["stoppers"][i])
-            # a diverged fold's last epoch never reached the hooks
-            replay_epochs(result, hooks, result.epochs_run - (result.diverged is not None))
-        for i, result in enumerate(results):
-            if i not in running and result.diverged is None:
-                finish(i)
-        first_epoch = int(saved["epoch"]) + 1
-
-    def stacked_state() -> dict:
-        from dlexp.training.checkpoint import result_state
-
-        return {"optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "generators": [g.get_state() for g in generators], "rng": torch.get_rng_state(),
-                "running": list(running), "weights": weights, "best_weights": best_weights,
-                "exp_avg": adam.exp_avg, "exp_avg_sq": adam.exp_avg_sq, "steps": list(adam.steps),
-                "results": [result_state(r) for r in results], "stoppers": [dict(vars(s)) for s in stoppers]}
-
-    for epoch in range(first_epoch, max_epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        orders = [folds[i][0][torch.randperm(len(folds[i][0]), generator=generators[i]).to(device)]
-                  for i in running]
-        index, weight = padded_batches(orders, batch_size)
-        n_steps = index.shape[1] // batch_size
-        # Step-major copies, so each step's batch of every fold is one contiguous slice.
-        x_steps, y_steps, w_steps = (t.view(len(running), n_steps, batch_size, *t.shape[2:]).transpose(0, 1)
-                                     .contiguous() for t in (x[index], y[index], weight))
-        targets = smoothed_targets(y_steps, n_classes, label_smoothing, x.dtype)
-        weight_steps = w_steps.unsqueeze(3)
-        neg_scaled_targets = -targets * weight_steps
-        # Which folds have a batch at each step: with unequal train sizes the last step may miss some.
-        has_batch = (w_steps[:, :, 0] > 0).tolist()
-        step_logits = []
-        for step in range(n_steps):
-            logits, grad = stacked.logits_and_grad(x_steps[step], neg_scaled_targets[step], weight_steps[step])
-            adam.step(weights, grad, lr, None if all(has_batch[step]) else has_batch[step])
-            step_logits.append(logits)
-        train_total = epoch_train_losses(torch.stack(step_logits), targets, w_steps > 0)
-
-        with torch.no_grad():
-            rows = val_index[running]
-            row_weight = val_weight[running]
-            logits = stacked.forward(x[rows])
-            losses = F.cross_entropy(logits.flatten(0, 1), y[rows].flatten(), reduction="none",
-                                     label_smoothing=label_smoothing).view_as(row_weight)
-            val_loss = (losses * row_weight).sum(dim=1)
-            val_acc = ((logits.argmax(dim=2) == y[rows]) * row_weight).sum(dim=1)
-            n_train = torch.tensor([len(folds[i][0]) for i in running], device=device)
-            epoch_metrics = torch.stack([train_total / n_train, val_loss, val_acc]).tolist()
-
-        still_running = []
-        for row, i in enumerate(running):
-            result, stopper = results[i], stoppers[i]
-            metrics = {"train_loss": epoch_metrics[0][row], "val_loss": epoch_metrics[1][row],
-                       "val_acc": epoch_metrics[2][row], "lr": lr}
-            for key, value in metrics.items():
-                result.history[key].append(value)
-            result.epochs_run = epoch
-            try:
-                check_finite(result, epoch)
-            except TrainingDiverged as error:
-                result.diverged = error  # dropped like a stopped fold; the others train on
-                continue
-            hooks.epoch_end(result.fold, epoch, metrics)
-            if stopper.step(metrics["val_loss"], epoch):
-                result.best_epoch, result.best_val_loss, result.best_val_acc = (
-                    epoch, metrics["val_loss"], metrics["val_acc"])
-                best_weights[i] = weights[row]
-            if not stopper.should_stop:
-                still_running.append(row)
-        for row, i in enumerate(running):
-            if row not in still_running and results[i].diverged is None:
-                finish(i)
-        if len(still_running) < len(running):
-            weights = weights[torch.tensor(still_running, dtype=torch.long, device=device)]
-            adam.keep(still_running)
-            stacked.bind(weights)
-            running = [running[row] for row in still_running]
-        if not running:
-            break
-        if scheduler is not None:
-            with warnings.catch_warnings():  # the optimizer's step is StackedAdam's, which torch cannot see
-                warnings.filterwarnings("ignore", SCHEDULER_ORDER_WARNING, UserWarning)
-                scheduler.step()
-        if checkpoint is not None:
-            checkpoint.epoch_end(epoch, stacked_state)
-
-    for i in running:  # reached max_epochs
-        finish(i)
-    for i, result in enumerate(results):  # diverged folds keep their best weights too
-        if result.diverged is not None:
-            result.state_dict = stacked.state_dict(best_weights[i], models[i])
-            models[i].load_state_dict(result.state_dict)
-    return results
+    job = StackedJob(models, optimizer, scheduler, loss_fn, folds, generators, max_epochs, patience,
+                     min_delta=min_delta, hooks=hooks, checkpoint=checkpoint, dropout_generators=dropout_generators)
+    (outcome,) = train_stacked([job], x, y, batch_size)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome

@@ -205,13 +205,17 @@ class EpochCheckpoint:
         """After epoch ``epoch`` (everything stepped, the scheduler included): save if due or stopping."""
         stopping = self.owner.stop_signal
         if stopping is not None or self.due(epoch):
-            self.owner.save(self.name, {"epoch": epoch, **state()})
-            self.last_epoch, self.last_time = epoch, time.monotonic()
+            self.save(epoch, state)
         if stopping is not None:
             from dlexp.interrupts import stop_error
 
             log.warning("stopped after epoch %d; checkpoint saved in %s", epoch, self.owner.path(self.name))
             raise stop_error(stopping)
+
+    def save(self, epoch: int, state: Callable[[], dict]) -> None:
+        """Save epoch ``epoch``'s state now, due or not (a stacked job whose neighbour was stopped)."""
+        self.owner.save(self.name, {"epoch": epoch, **state()})
+        self.last_epoch, self.last_time = epoch, time.monotonic()
 
     def remove(self) -> None:
         self.owner.remove(self.name)

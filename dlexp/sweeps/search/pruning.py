@@ -44,15 +44,10 @@ class TrialReporter(TrainingHooks):
         self.running: set[int] = set()
         self.reached: dict[int, int] = {}  # fold -> last epoch seen
         self.offset = 0  # steps of the folds trained before the running ones
-        self.tagged = False
+        #: the job run's tags naming its trial (set when the run starts: stacked jobs train with no active run)
+        self.tags = {TRIAL_TAG: str(trial.number)}
 
     def fold_start(self, fold: int) -> None:
-        if not self.tagged:
-            import mlflow
-
-            if mlflow.active_run() is not None:
-                mlflow.set_tag(TRIAL_TAG, str(self.trial.number))
-            self.tagged = True
         if not self.running:  # one-by-one training: the folds before this one are done
             self.offset = self.max_epochs * len(self.best)
         self.running.add(fold)
