@@ -13,11 +13,10 @@ import pytest
 from conftest import PROJECT_ROOT, QUICK, compose_config
 from PIL import Image
 
-from dlexp import experiment
 from dlexp.experiment import run_experiment
 from dlexp.interrupts import Interrupted
 from dlexp.tracking import fold_runs as fold_logging
-from dlexp.training.loop import HookList, TrainingHooks
+from dlexp.training.loop import TrainingHooks
 
 HISTORY = ("train_loss", "val_loss", "val_acc", "lr")
 
@@ -101,19 +100,13 @@ class InterruptAfterFirstFoldStops(TrainingHooks):
             raise Interrupted(signal.SIGTERM)
 
 
-def test_interrupted_batched_training_keeps_the_folds_that_stopped(store, tmp_path, monkeypatch):
+def test_interrupted_batched_training_keeps_the_folds_that_stopped(store, tmp_path):
     """Issue 14.1: batched training interrupted after a fold early-stopped: that fold is a FINISHED run with
     all its metrics and pictures; the folds still training end KILLED with the job."""
     interrupt = InterruptAfterFirstFoldStops()
-    real_train_folds = experiment.train_folds
-
-    def train_folds(*args, hooks=None, **kwargs):
-        return real_train_folds(*args, hooks=HookList([hooks, interrupt]) if hooks else interrupt, **kwargs)
-
-    monkeypatch.setattr(experiment, "train_folds", train_folds)
     overrides = ["+experiment=spiral", "trainer.strategy=batched", "plots.grid_resolution=20", *store["overrides"]]
     with pytest.raises(Interrupted):
-        run_experiment(compose_config(overrides), tmp_path / "out", overrides)
+        run_experiment(compose_config(overrides), tmp_path / "out", overrides, hooks=interrupt)
     client = store["client"]
     jobs, folds = runs(client)
     assert [r.info.status for r in jobs] == ["KILLED"]

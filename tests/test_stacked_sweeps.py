@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import compose_config
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from sweep_support import TINY, run_dlexp, runs_by_kind, sqlite_store, stop_when
 
 from dlexp.sweeps.stacked_launcher import group_jobs, stacking_key
@@ -50,9 +51,7 @@ def summary_numbers(folder: Path) -> dict:
 
 def job_folders(sweep: Path) -> dict[str, Path]:
     """overrides (as the job ran them) -> job folder."""
-    import yaml
-
-    return {" ".join(yaml.safe_load((f / ".hydra" / "overrides.yaml").read_text())): f
+    return {" ".join(OmegaConf.load(f / ".hydra" / "overrides.yaml")): f
             for f in sweep.iterdir() if (f / ".hydra").is_dir()}
 
 
