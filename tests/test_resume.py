@@ -241,7 +241,9 @@ class SignalAt(TrainingHooks):
 
     def epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
         if (fold, epoch) == self.at:
-            os.kill(os.getpid(), self.signum)
+            # to this thread, handled before raise_signal returns; os.kill(os.getpid()) may reach another
+            # thread of the process, and under load its handler ran after these few-ms trainings ended
+            signal.raise_signal(self.signum)
 
 
 def train_in_process(cfg, checkpoints=None, hooks=NO_HOOKS) -> list:
