@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("cluster") is not None:
             item.add_marker(pytest.mark.xdist_group(CLUSTER_GROUP))
+
+
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """Every test starts with Python's own SIGINT and SIGTERM handlers and no requeue signal taken: a test that
+    leaves a training's handlers behind (a suspended run's generator) must not change how the next one stops."""
+    import signal
+
+    from dlexp import interrupts
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in list(interrupts._requeue_signals):
+            signal.signal(signum, signal.SIG_DFL)
+        interrupts._requeue_signals.clear()
+    yield
 
 
 #: Under this variable (set by .ci/run, which starts the services) a skipped test that needs them fails.

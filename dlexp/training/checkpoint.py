@@ -340,6 +340,10 @@ def stop_at_epoch_end(checkpoints: Checkpoints | None) -> Iterator[None]:
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            # only where ours is still the handler: a training whose generator is finalised late (garbage
+            # collection of an abandoned dlexp.experiment.experiment_steps) must not put back stale handlers
+            # over those of a training that started since
+            if signal.getsignal(s) is ask_to_stop:
+                signal.signal(s, handler)
     if checkpoints.stop_signal is not None:  # asked between epochs or after the last one: stop now
         raise stop_error(checkpoints.stop_signal)
