@@ -301,7 +301,9 @@ def test_a_trial_cancelled_with_scancel_is_a_failed_trial_and_the_search_goes_on
 
 #: 2000 epochs, one fold after the other, no early stop: ~1 min of training on an idle machine (25-40 ms an
 #: epoch), which attempts of ~30 s under SLURM's shortest time limit, each starting Python again, do in 3-5.
-EPOCHS = 1000
+#: ~2 min of training on a quiet node (1000 epochs of 2 folds took 28 s there, and its job finished before its
+#: first warning): with the warning at most ~59 s into an attempt, at least 2 requeues on any node.
+EPOCHS = 4000
 #: No MLflow models (their export takes seconds): after its training, a job's last attempt has its pictures,
 #: summary and model.pt to make before its warning, and a busy node takes ~30 s to start an attempt.
 TIMED = ["+experiment=spiral", "plots.grid_resolution=20", "trainer.strategy=sequential", "trainer.folds=2",
@@ -408,12 +410,13 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
 
 
 def test_past_max_num_timeout_the_job_ends_killed_with_its_checkpoint_and_the_sweep_says_why(server, tmp_path):
-    # A 2-minute limit (the warning ~90 s in), so that even a busy node is training fold 1 of 5000 epochs by then.
+    # A 2-minute limit (the warning 60-119 s in), so that even a busy node is training fold 1 by then, and fold 1
+    # of 20000 epochs (~5 min on a quiet node) has not ended on a fast one.
     sweep_dir = tmp_path / "sweep"
     result = run_dlexp("-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
                        "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=1",
                        "hydra.launcher.max_num_timeout=0", *(o for o in TIMED if "max_epochs" not in o),
-                       "trainer.max_epochs=5000", "tracking.experiment_name=time_limit_0", f"tracking.uri={server}",
+                       "trainer.max_epochs=20000", "tracking.experiment_name=time_limit_0", f"tracking.uri={server}",
                        f"hydra.sweep.dir={sweep_dir}", timeout=400)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
