@@ -7,7 +7,14 @@ table; ``dlexp.load_runs(experiment)`` reads an experiment's runs from any MLflo
 ``dlexp.compose(overrides)`` gives the composed config, ``dlexp.model_summary(overrides)`` the model's layers.
 """
 
+import os
 from pathlib import Path
+
+# MLflow 3's usage telemetry off unless the user turned it on: its client thread sets and unsets an environment
+# variable (_MLFLOW_TELEMETRY_SESSION_ID) while requests reads os.environ for proxies in another thread, which
+# failed a requeued SLURM job's first store call with KeyError('_MLFLOW_TELEMETRY_SESSION_ID') (seen in
+# tests/test_cluster.py); and dlexp's machines reach no internet to send it to.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 # where the configs and the shipped data are, and where stores go (a checkout or an installed wheel)
 from dlexp.locations import CONF_DIR, DATA_DIR, PROJECT_ROOT  # noqa: F401
