@@ -17,12 +17,13 @@ import torch
 from conftest import QUICK, compose_config
 from submitit.core.job_environment import SignalHandler
 from submitit.core.utils import DelayedSubmission, JobPaths
+from test_resume import train_in_process
 
 from dlexp import interrupts
 from dlexp.interrupts import Interrupted, Requeued
 from dlexp.sweeps.slurm import TimeLimitWarning
-from dlexp.training.checkpoint import Checkpoints, Every, stop_at_epoch_end
-from dlexp.training.loop import NO_HOOKS, TrainingHooks
+from dlexp.training.checkpoint import Checkpoints, Every
+from dlexp.training.loop import TrainingHooks
 
 CALL = (["optimizer.lr=0.01"], "hydra.sweep.dir", 3, "job_id_for_3", {})  # what the launcher submits per job
 
@@ -65,19 +66,8 @@ def job_signals(monkeypatch, tmp_path):
         signal.signal(s, handler)
 
 
-def train(cfg, checkpoints=None, hooks=NO_HOOKS) -> list:
-    """(result, best weights) of every fold, as ``run_experiment`` trains them."""
-    from dlexp.config.build import build
-    from dlexp.data.splits import kfold_indices
-    from dlexp.experiment import configure_torch, train_folds
-
-    device = configure_torch(cfg.trainer)
-    data = build("dataset", cfg.dataset)
-    folds = kfold_indices(data.y_train.numpy(), cfg.trainer.folds, cfg.trainer.seed, cfg.trainer.stratify, None)
-    with stop_at_epoch_end(checkpoints):
-        return [(result, {k: v.clone() for k, v in model.state_dict().items()}) for result, model in
-                train_folds(cfg, data, folds, data.x_train, data.y_train, device, cfg.trainer.strategy, hooks=hooks,
-                            checkpoints=checkpoints)]
+#: (result, best weights) of every fold, as run_experiment trains them (test_resume's helper)
+train = train_in_process
 
 
 def epoch_of(path) -> int:
