@@ -73,9 +73,11 @@ def postgres_server() -> Iterator[str]:
 
 
 def new_database(admin_uri: str, name: str) -> str:
-    """Create database ``name`` (dropped first if a previous session left it) and return its URI."""
+    """Create database ``name``, suffixed with the pytest-xdist worker (``_gw0``...: the workers may each set
+    up a module's fixture at once), dropped first if a previous session left it; return its URI."""
     import psycopg
 
+    name = f"{name}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
     with psycopg.connect(admin_uri, autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
         connection.execute(f'CREATE DATABASE "{name}"')

@@ -378,8 +378,8 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes_with_an_uninter
             break
         time.sleep(2)
     requeued = states.count("REQUEUED")
-    assert requeued >= 2 and states[-1] == "COMPLETED" and len(states) == requeued + 1, states
-    log = "".join(path.read_text() for path in (sweep_dir / ".submitit" / slurm_id).glob("*_log.*"))
+    log = "".join(path.read_text() for path in sorted((sweep_dir / ".submitit" / slurm_id).glob("*_log.*")))
+    assert requeued >= 2 and states[-1] == "COMPLETED" and len(states) == requeued + 1, f"{states}\n{log[-6000:]}"
     assert log.count("checkpoint saved; the job is requeued") == requeued, log[-3000:]
 
     # The sweep reports one job: one run, FINISHED, continued by every requeued attempt, each epoch once.

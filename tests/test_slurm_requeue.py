@@ -120,6 +120,21 @@ def test_past_max_num_timeout_the_warning_stops_the_job_killed_with_its_checkpoi
     assert job_signals.requeued == []
 
 
+def test_a_warning_after_the_job_returned_is_ignored_while_submitit_saves_its_result(job_signals, monkeypatch, caplog):
+    # The job's last attempt ended its work just before SLURM's warning: submitit saves the result and the
+    # process ends; the warning there must neither fail the process nor requeue a job whose work is done.
+    from dlexp.sweeps import slurm
+    from hydra_plugins.dlexp_slurm_launcher import SlurmLauncher
+
+    job_signals.install(max_num_timeout=2)
+    # Hydra's launcher (the base class dlexp's was made from: Hydra's plugin scan may import its module again)
+    monkeypatch.setattr(slurm.HydraSlurmLauncher, "__call__", lambda self, *args: "the job's result")
+    assert SlurmLauncher(timeout_min=1, max_num_timeout=2)(*CALL) == "the job's result"
+    signal.raise_signal(signal.SIGUSR2)  # handled before raise_signal returns: raises nothing
+    assert job_signals.requeued == []
+    assert "SIGUSR2: the job's work is done; the warning is ignored" in caplog.text
+
+
 @pytest.mark.full  # three spiral runs with their MLflow runs: ~20 s
 def test_a_job_stopped_for_a_requeue_leaves_its_runs_running_and_the_next_attempt_finishes_them(
         job_signals, store, tmp_path):

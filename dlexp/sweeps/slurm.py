@@ -66,6 +66,9 @@ class SlurmLauncher(HydraSlurmLauncher):
             returned = self.failed_return(list(overrides), num, warning.not_requeued())
             note_error(Path(returned.working_dir), str(returned._return_value))
             return returned
+        finally:
+            if warning is not None:
+                warning.ignore()  # the job's work is over: a warning now must not requeue (and rerun) it
 
     def failed_return(self, overrides: list[str], num: int, error: Exception) -> JobReturn:
         """A FAILED JobReturn with ``error``, for a job whose task ended without one (in the job, after
@@ -187,6 +190,17 @@ class TimeLimitWarning:
                             "the job is not requeued: its runs end KILLED with their checkpoints (the same command "
                             "again continues them)", signal.Signals(self.signum).name, self.max_num_timeout)
         return self.decision
+
+    def ignore(self) -> None:
+        """From now on the signal is only logged: the job's work is over, and submitit is saving its result
+        and ending the process. (A warning there used to raise ``Requeued`` inside submitit's ``process_job``,
+        after it had saved the result: the job's process failed, and its last attempt ended FAILED in SLURM's
+        accounting although the sweep had the job's result.)"""
+        signal.signal(self.signum, self._ignored)
+
+    @staticmethod
+    def _ignored(signum: int, frame) -> None:
+        log.warning("%s: the job's work is done; the warning is ignored", signal.Signals(signum).name)
 
     def not_requeued(self) -> Exception:
         """The job's error when the warning came once too often (a one-line ``UncompletedJobError``, as
