@@ -107,3 +107,25 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"{REQUIRE_SERVICES}=1 but this test was skipped: {reason}"
+
+
+#: Where each test's CPU seconds (its own process and the child processes it waited for) and wall seconds are
+#: appended, one tab-separated line per test, when set: what the tiers' time is spent on (.ci/run's budget).
+CPU_LOG = "DLEXP_TEST_CPU_LOG"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    path = os.environ.get(CPU_LOG)
+    if not path:
+        yield
+        return
+    import time
+
+    before, started = os.times(), time.monotonic()
+    yield
+    after = os.times()
+    cpu = sum(getattr(after, key) - getattr(before, key)
+              for key in ("user", "system", "children_user", "children_system"))
+    with open(path, "a") as log:
+        log.write(f"{cpu:.1f}\t{time.monotonic() - started:.1f}\t{item.nodeid}\n")

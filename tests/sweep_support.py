@@ -12,7 +12,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny trainings: the tests check what is logged and how runs end, not what is learned.
-TINY = ["+experiment=spiral", "trainer.max_epochs=3", "trainer.folds=2", "plots.grid_resolution=20"]
+TINY_WITH_MODELS = ["+experiment=spiral", "trainer.max_epochs=3", "trainer.folds=2", "plots.grid_resolution=20"]
+# ... without MLflow models, whose export (~7 s of CPU a process, most of a tiny run's) only the tests of
+# models need (test_mlflow_models.py, test_models_on_server.py)
+TINY = [*TINY_WITH_MODELS, "tracking.log_models=false"]
 
 
 def dlexp_env() -> dict[str, str]:

@@ -31,7 +31,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.postgres]
 
 #: One CPU and 1 GB a job, so the 2-core node runs two at once.
 SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-         "hydra.launcher.timeout_min=20", "+experiment=spiral", "plots.grid_resolution=20"]
+         "hydra.launcher.timeout_min=20", "+experiment=spiral", "plots.grid_resolution=20",
+         "tracking.log_models=false"]  # the MLflow models' export: tests/test_mlflow_models.py
 #: Long enough a job to act on it between its folds: 2 folds one after the other, no early stop.
 LONG = ["trainer.strategy=sequential", "trainer.folds=2", "trainer.patience=100000"]
 

@@ -57,7 +57,8 @@ def test_a_running_fold_already_has_its_epochs_in_the_store(store, tmp_path):
     """A fold that trains for minutes: its run is RUNNING with per-epoch metrics, the job names it running."""
     command = [sys.executable, "-m", "dlexp", "+experiment=spiral", "trainer.strategy=sequential",
                "trainer.folds=2", "trainer.max_epochs=100000", "trainer.patience=100000",
-               "plots.grid_resolution=20", *store["overrides"], f"hydra.run.dir={tmp_path / 'run'}"]
+               "plots.grid_resolution=20", "tracking.log_models=false", *store["overrides"],
+               f"hydra.run.dir={tmp_path / 'run'}"]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     client = store["client"]

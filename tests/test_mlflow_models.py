@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import QUICK, compose_config
 from PIL import Image
-from sweep_support import ROOT, TINY, dlexp_env, run_dlexp, sqlite_store
+from sweep_support import ROOT, TINY, TINY_WITH_MODELS, dlexp_env, run_dlexp, sqlite_store
 
 from dlexp.data.digest import file_digest
 from dlexp.experiment import run_experiment
@@ -118,7 +118,7 @@ def test_an_image_runs_model_predicts_from_image_files_as_the_run_scored_them(st
 @pytest.mark.full
 def test_a_sweep_registers_its_best_model_as_champion_and_a_worse_sweep_leaves_the_alias(tmp_path):
     where = sqlite_store(tmp_path)
-    first = run_dlexp("-m", *TINY, *where, "optimizer.lr=0.01,0.03", "tracking.register_as=spiral-mlp",
+    first = run_dlexp("-m", *TINY_WITH_MODELS, *where, "optimizer.lr=0.01,0.03", "tracking.register_as=spiral-mlp",
                       timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "as models:/spiral-mlp@champion" in first.stdout
@@ -135,7 +135,7 @@ def test_a_sweep_registers_its_best_model_as_champion_and_a_worse_sweep_leaves_t
 
     elsewhere = [arg for arg in where if not arg.startswith("hydra.sweep.dir=")]
     elsewhere.append(f"hydra.sweep.dir={tmp_path}/sweep2")
-    worse = run_dlexp("-m", *TINY, *elsewhere, "trainer.max_epochs=1", "optimizer.lr=0.00001,0.00002",
+    worse = run_dlexp("-m", *TINY_WITH_MODELS, *elsewhere, "trainer.max_epochs=1", "optimizer.lr=0.00001,0.00002",
                       "tracking.register_as=spiral-mlp", timeout=600)
     assert worse.returncode == 0, worse.stderr[-3000:]
     assert f"the champion stays version {champion.version}" in worse.stdout

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from sweep_support import ROOT, TINY, dlexp_env
+from sweep_support import ROOT, TINY_WITH_MODELS, dlexp_env
 from test_team_server import ALICE, admin_client, run_as, server  # noqa: F401 (server is a fixture)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.full]
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.full]
 
 def test_a_sweep_on_the_server_registers_a_champion_that_a_fresh_process_loads_by_url(server, tmp_path,  # noqa: F811
                                                                                       monkeypatch):
-    result = run_as(ALICE, "-m", *TINY, f"tracking.uri={server}", "tracking.experiment_name=served-models",
+    result = run_as(ALICE, "-m", *TINY_WITH_MODELS, f"tracking.uri={server}", "tracking.experiment_name=served-models",
                     "tracking.register_as=served-spiral", "optimizer.lr=0.01,0.03",
                     f"hydra.sweep.dir={tmp_path}/sweep")
     assert result.returncode == 0, result.stderr[-3000:]

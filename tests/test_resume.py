@@ -25,7 +25,8 @@ from dlexp.training.loop import NO_HOOKS, TrainingHooks
 #: 3 folds long enough to be killed in the 3rd; every epoch checkpointed so the kill lands after one.
 JOB = ["+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=12", "trainer.patience=4",
        "plots.grid_resolution=20", "trainer.progress=false", "trainer.checkpoint_every=1",
-       "tracking.experiment_name=resume"]
+       "tracking.experiment_name=resume",
+       "tracking.log_models=false"]  # the MLflow models' export: tests/test_mlflow_models.py
 
 
 def store(path: Path) -> list[str]:

@@ -127,6 +127,7 @@ def test_a_diverging_member_or_a_bad_value_fails_only_its_job_and_two_widths_mak
 def test_sigterm_mid_sweep_ends_every_jobs_runs_killed_and_the_rerun_resumes(tmp_path):
     sweep = ["-m", "+experiment=spiral", "trainer.folds=2", "trainer.max_epochs=400", "trainer.patience=null",
              "plots.grid_resolution=20", "trainer.checkpoint_every=5", "optimizer.lr=0.01,0.003", "trainer.seed=1,2",
+             "tracking.log_models=false",
              *sqlite_store(tmp_path)]
     checkpoint = tmp_path / "sweep" / "3" / "checkpoints" / "batched.pt"
     code, stderr = stop_when(checkpoint.exists, *sweep)

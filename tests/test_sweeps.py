@@ -133,7 +133,7 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_finished_folds(tmp_path):
 
     returncode, stderr = stop_when(
         a_fold_finished, "+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=400", "trainer.patience=400",
-        "plots.grid_resolution=20", "tracking.experiment_name=sigterm",
+        "plots.grid_resolution=20", "tracking.experiment_name=sigterm", "tracking.log_models=false",
         "trainer.strategy=sequential",  # folds finish one by one
         f"hydra.run.dir={tmp_path / 'run'}", *sqlite_store(tmp_path), timeout=180)
     assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
@@ -188,6 +188,7 @@ def test_stopping_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(tm
     command = [sys.executable, "-m", "dlexp", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
                "+experiment=spiral", "trainer.folds=3", "trainer.max_epochs=400", "trainer.patience=400",
                "trainer.strategy=sequential", "plots.grid_resolution=20", "optimizer.lr=0.01,0.003",
+               "tracking.log_models=false",
                "tracking.experiment_name=stop_sweep", *sqlite_store(tmp_path)]
     process = subprocess.Popen(command, cwd=ROOT, env=dlexp_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,  # its own group
