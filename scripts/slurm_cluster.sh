@@ -8,7 +8,8 @@
 #
 # Debian's SLURM (22.05) without systemd or cgroups: munge (authentication), MariaDB + slurmdbd (accounting:
 # submitit polls `sacct`, and without it a job that dies silently is never reported), slurmctld and one
-# slurmd named `localhost` (so the machine's hostname does not matter), one partition `debug`.
+# slurmd named `localhost` (so the machine's hostname does not matter), partitions `debug` (the default) and
+# `urgent`, whose jobs preempt (requeue) those of `debug`.
 # Everything the daemons write goes into one folder per checkout (`scripts/slurm_cluster.sh dir` prints it):
 # /var/lib/dlexp/CHECKOUT-HASH/slurm, or $DLEXP_SERVICES_DIR/slurm (scripts/service_state.sh: MariaDB runs as
 # `mysql`, who cannot enter a checkout in a private folder). Client commands (sbatch, sacct, scancel) read
@@ -116,8 +117,15 @@ ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=2
 KillWait=30
+# Preemption as clusters with a "scavenger" partition have it: a job of partition urgent (a higher PriorityTier)
+# preempts those of debug, which are requeued; SLURM sends their --signal (submitit's USR2) at once and gives
+# them GraceTime seconds to checkpoint before it stops them.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+SlurmctldParameters=preempt_send_user_signal
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=60
+PartitionName=urgent Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 EOF
     (umask 077 && cat >"$STATE/slurmdbd.conf" <<EOF
 # Written by scripts/slurm_cluster.sh (slurmdbd insists on mode 600).
@@ -158,7 +166,7 @@ start() {
     alive "$STATE/slurmctld.pid" || slurmctld
     alive "$STATE/slurmd.pid" || slurmd -N localhost
     wait_for "sinfo -h -N -o %T | grep -qx idle" 60 || die "the node did not become idle: $(sinfo -N 2>&1)"
-    say "one-node cluster up in $((SECONDS - started)) s (partition debug); stop it with $0 stop"
+    say "one-node cluster up in $((SECONDS - started)) s (partitions debug and urgent); stop it with $0 stop"
 }
 
 stopped=0

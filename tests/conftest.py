@@ -93,6 +93,17 @@ def default_signal_handlers():
     yield
 
 
+@pytest.fixture
+def one_torch_thread():
+    """As dlexp runs (trainer.num_threads: 1): two threads on tiny tensors are slower, badly so under load."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 #: Under this variable (set by .ci/run, which starts the services) a skipped test that needs them fails.
 REQUIRE_SERVICES = "DLEXP_REQUIRE_SERVICES"
 SERVICE_MARKERS = ("cluster", "postgres", "browser")

@@ -26,13 +26,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 SEED_DATA = Path(__file__).resolve().parents[2] / "shared" / "seed-data"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As dlexp runs (trainer.num_threads: 1): two threads on tiny tensors are slower, badly so under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def make_objects(fold: int, input_shape: tuple[int, ...], n_classes: int, lr: float, hidden=(16,),

@@ -220,6 +220,70 @@ def test_a_requeued_job_continues_its_run_from_its_checkpoints_and_ends_finished
     assert not (Path(job.data.tags["dlexp.output_dir"]) / "FAILED.txt").exists()
 
 
+def wait_for_epochs(client: MlflowClient, experiment: str, epochs: int, timeout: float = 240) -> None:
+    """Wait until a fold run of ``experiment`` has logged ``epochs`` epochs (its job is in the middle of it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get_experiment_by_name(experiment) is not None:
+            for fold in runs(client, experiment)["fold"]:
+                if len(client.get_metric_history(fold.info.run_id, "val_loss")) >= epochs:
+                    return
+        time.sleep(0.5)
+    raise AssertionError(f"no fold of {experiment} reached epoch {epochs} within {timeout} s")
+
+
+def test_a_preempted_job_checkpoints_is_requeued_and_continues_its_run_to_finished(server, tmp_path):
+    # scripts/slurm_cluster.sh: a job of partition `urgent` preempts the default partition's jobs (PreemptMode=
+    # REQUEUE, GraceTime=60, preempt_send_user_signal: the job's --signal, submitit's USR2, comes at once). The
+    # job takes the node's 2 CPUs, so the urgent job needs them; a preemption is not a time-out, so none of the
+    # job's max_num_timeout requeues is used.
+    epochs = 1000  # ~30 s a fold on a quiet node: the preemption comes in fold 1
+    sweep_dir = tmp_path / "sweep"
+    whole_node = [o for o in SLURM if "cpus_per_task" not in o] + ["hydra.launcher.cpus_per_task=2"]
+    sweep = start_sweep(*whole_node, *LONG, f"trainer.max_epochs={epochs}", f"tracking.uri={server}",
+                        "tracking.experiment_name=preempt", f"hydra.sweep.dir={sweep_dir}")
+    client = MlflowClient(server)
+    try:
+        wait_for_epochs(client, "preempt", 20)
+        (slurm_id,) = [path.name for path in (sweep_dir / ".submitit").glob("*") if path.name.isdigit()]
+        urgent = subprocess.check_output(["sbatch", "--parsable", "-p", "urgent", "-c", "2", "-o", "/dev/null",
+                                          "--wrap", "sleep 5"], text=True).strip()
+        release_requeued(slurm_id, sweep)
+        _, stderr = sweep.communicate(timeout=600)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, stderr[-3000:]
+    assert not error_lines(stderr) and "Traceback" not in stderr
+
+    log = "".join(path.read_text() for path in sorted((sweep_dir / ".submitit" / slurm_id).glob("*_log.*")))
+    assert "this job is preempted" in log and "checkpoint saved; the job is requeued" in log, log[-3000:]
+    assert "(3 remaining timeouts)" in log, log[-3000:]  # hydra.launcher.max_num_timeout: all 3 left
+    deadline = time.monotonic() + 60
+    while True:  # SLURM's accounting may lag the jobs' end by a few seconds
+        states = [row.split("|")[1] for row in subprocess.check_output(
+            ["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State", "-j", f"{slurm_id},{urgent}"], text=True).split()
+            if row.split("|")[0] == slurm_id]
+        urgent_state = subprocess.check_output(["sacct", "-X", "-n", "-P", "-o", "State", "-j", urgent],
+                                               text=True).split()
+        if (states[-1:] == ["COMPLETED"] and urgent_state == ["COMPLETED"]) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert urgent_state == ["COMPLETED"]
+    assert len(states) >= 2 and set(states[:-1]) <= {"PREEMPTED", "REQUEUED"} and states[-1] == "COMPLETED", states
+
+    kinds = runs(client, "preempt")  # one job run, continued by the next attempt: each epoch once
+    assert len(kinds["job"]) == 1 and kinds["sweep"][0].info.status == "FINISHED"
+    job = kinds["job"][0]
+    assert job.info.status == "FINISHED" and job.data.tags["dlexp.resumed"] == "1"
+    assert "dlexp.error" not in job.data.tags
+    assert sorted(fold.data.tags["dlexp.fold"] for fold in kinds["fold"]) == ["1", "2"]
+    assert {fold.info.status for fold in kinds["fold"]} == {"FINISHED"}
+    for fold in kinds["fold"]:
+        steps = [m.step for m in client.get_metric_history(fold.info.run_id, "val_loss")]
+        assert steps == list(range(1, epochs + 1)), fold.data.tags["dlexp.fold"]
+    assert [row["status"] for row in jobs_table(sweep_dir)] == ["FINISHED"]
+
+
 def test_a_search_runs_its_trials_as_slurm_jobs_that_report_to_a_study_in_postgres(server, postgres_admin_uri,
                                                                                    tmp_path):
     # The issue's search (the lr=1e20 trial diverges) with its trials as SLURM array jobs, 2 at a time, and the
