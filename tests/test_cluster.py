@@ -86,10 +86,22 @@ def wait_for_first_fold(client: MlflowClient, experiment: str, job: int, timeout
 
 
 def job_pid(slurm_id: str) -> int:
-    """The process id of the job's Python (its step 0), through SLURM's own process list."""
+    """The process id of the job's own Python (submitit's ``_submit`` in step 0; not its helper process, which
+    SLURM lists in the same step), through SLURM's own process list."""
     raw = re.search(r"JobId=(\d+)", subprocess.check_output(["scontrol", "show", "job", slurm_id], text=True))
-    listed = subprocess.check_output(["scontrol", "listpids", raw.group(1)], text=True).splitlines()[1:]
-    return next(int(row.split()[0]) for row in listed if row.split()[2] == "0")
+    seen: dict[int, bytes] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = subprocess.check_output(["scontrol", "listpids", raw.group(1)], text=True).splitlines()[1:]
+        for pid in (int(row.split()[0]) for row in listed if row.split()[2] == "0"):
+            try:
+                seen[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"submitit.core._submit" in seen[pid]:
+                return pid
+        time.sleep(0.5)
+    raise AssertionError(f"no submitit process in SLURM job {slurm_id}'s step 0: {seen}")
 
 
 def error_lines(stderr: str) -> list[str]:

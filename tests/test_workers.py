@@ -83,6 +83,26 @@ def test_a_user_error_in_the_picture_helper_reaches_the_run_as_its_one_line():
     assert str(user_error) == "trainer.folds=1: k-fold cross-validation needs at least 2 folds"
 
 
+def test_a_helper_process_that_dies_mid_picture_is_one_line_naming_it():
+    # killed (OOM killer, a stray kill): the run ends FAILED with one line, not the writer's traceback
+    import os
+    import signal
+    import time
+
+    writer = Writer()
+    pool = picture_pool()
+    pool.submit(int).result()  # the helper is up
+    drawing = pool.submit(time.sleep, 60)  # a picture it is drawing when it is killed
+    os.kill(next(iter(pool._processes)), signal.SIGKILL)
+    writer.submit(lambda: writer.wait_for(drawing))
+    with pytest.raises(DlexpError) as caught:
+        writer.drain()
+    writer.close()
+    assert str(caught.value) == ("dlexp's helper process (it draws the run's pictures and makes its MLflow writes) "
+                                 "ended abruptly (killed, or out of memory?): the writes it had not made are lost")
+    assert picture_pool().submit(int, "7").result() == 7  # the next run gets a new helper
+
+
 IMAGE_RUN = ["+experiment=insects", "trainer.folds=2", "trainer.max_epochs=2", "dataset.image_size=[32,32]",
              "trainer.num_threads=1"]
 

@@ -26,8 +26,10 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from dlexp.errors import DlexpError
 from dlexp.interrupts import ignore_requeue_signal
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,16 @@ def start_helper() -> None:
         picture_pool().submit(int)
 
 
+class HelperDied(DlexpError):
+    """A helper process ended abruptly (``BrokenProcessPool``: killed, out of memory, a crash): the run ends
+    FAILED with this one line, as with any other error it cannot go past."""
+
+
+def helper_died() -> HelperDied:
+    return HelperDied("dlexp's helper process (it draws the run's pictures and makes its MLflow writes) ended "
+                      "abruptly (killed, or out of memory?): the writes it had not made are lost")
+
+
 class HelperClient:
     """``MlflowClient``'s methods for the writer thread, made in the helper process (``Writer.store_call``);
     ``create_run`` returns the new run's id."""
@@ -209,14 +221,17 @@ class Writer:
     def _store_call(self, tracking_uri: str, method: str, args: tuple, kwargs: dict) -> object:
         if not helper_possible():
             return _store_call(tracking_uri, method, args, kwargs)
-        future = picture_pool().submit(_store_call, tracking_uri, method, args, kwargs)
-        while True:
-            if self.aborted.is_set() and future.cancel():
-                raise Aborted
-            try:
-                return future.result(timeout=0.1)
-            except TimeoutError:
-                continue
+        try:
+            future = picture_pool().submit(_store_call, tracking_uri, method, args, kwargs)
+            while True:
+                if self.aborted.is_set() and future.cancel():
+                    raise Aborted
+                try:
+                    return future.result(timeout=0.1)
+                except TimeoutError:
+                    continue
+        except BrokenProcessPool as error:
+            raise helper_died() from error
 
     def every(self, seconds: float, task: Callable[[], None]) -> None:
         self.periodic = (seconds, task)
@@ -226,6 +241,10 @@ class Writer:
 
     def check(self) -> None:
         """Raise the writer's error, if it had one, where the run can end on it."""
+        if isinstance(self.error, HelperDied):
+            raise self.error
+        if isinstance(self.error, BrokenProcessPool):
+            raise helper_died() from self.error
         if self.error is not None:
             raise RuntimeError(f"drawing or logging the run's pictures and metrics failed: "
                                f"{type(self.error).__name__}: {self.error}") from self.error
@@ -240,6 +259,8 @@ class Writer:
                 return future.result(timeout=0.1)
             except TimeoutError:
                 continue
+            except BrokenProcessPool as error:
+                raise helper_died() from error
 
     def drain(self) -> None:
         """Wait until everything submitted so far is written; raise the writer's error, if any."""
