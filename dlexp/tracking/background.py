@@ -221,17 +221,9 @@ class Writer:
     def _store_call(self, tracking_uri: str, method: str, args: tuple, kwargs: dict) -> object:
         if not helper_possible():
             return _store_call(tracking_uri, method, args, kwargs)
-        try:
-            future = picture_pool().submit(_store_call, tracking_uri, method, args, kwargs)
-            while True:
-                if self.aborted.is_set() and future.cancel():
-                    raise Aborted
-                try:
-                    return future.result(timeout=0.1)
-                except TimeoutError:
-                    continue
-        except BrokenProcessPool as error:
-            raise helper_died() from error
+        # picture_pool() replaces a helper already known to have died; one that dies now fails in wait_for
+        future = picture_pool().submit(_store_call, tracking_uri, method, args, kwargs)
+        return self.wait_for(future, finish_started=True)
 
     def every(self, seconds: float, task: Callable[[], None]) -> None:
         self.periodic = (seconds, task)
@@ -249,11 +241,12 @@ class Writer:
             raise RuntimeError(f"drawing or logging the run's pictures and metrics failed: "
                                f"{type(self.error).__name__}: {self.error}") from self.error
 
-    def wait_for(self, future: Future) -> object:
-        """A picture's result, waiting in short steps so an abort is noticed."""
+    def wait_for(self, future: Future, finish_started: bool = False) -> object:
+        """A picture's (or store call's) result, waiting in short steps so an abort is noticed: the abort
+        cancels it, or, with ``finish_started``, waits for it if it has started (a write is never stopped
+        midway). A helper that died raises :class:`HelperDied`."""
         while True:
-            if self.aborted.is_set():
-                future.cancel()
+            if self.aborted.is_set() and (future.cancel() or not finish_started):
                 raise Aborted
             try:
                 return future.result(timeout=0.1)
