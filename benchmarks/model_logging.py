@@ -10,8 +10,9 @@ then the medians and the load average (1 min) before and after each run.
 
 Part 2, ``--per-model K`` (in this process, no training): the spiral's two models (``model``, an MLP
 2-64-32-5, and the 5 folds' ``ensemble``) logged K times onto one run of a fresh SQLite store, as a
-sweep's jobs in one process log theirs; CPU and wall seconds of the first logging (the process's warm-up:
-torch.export machinery, MLflow's imports) and the median of the later ones.
+sweep's jobs in one process log theirs; the process is set up as the training process is when it logs them
+(torch, MLflow, an optimizer created, which imports ``torch._dynamo``); CPU and wall seconds of the first
+logging (the rest of torch.export's machinery, MLflow's model modules) and the median of the later ones.
 
     python benchmarks/model_logging.py --repeats 4
     python benchmarks/model_logging.py --repeats 0 --per-model 6     # part 2 only
@@ -166,8 +167,11 @@ def spiral_data_and_models():
         cfg = compose("config", overrides=["+experiment=spiral"])
     data = build("dataset", cfg.dataset)
     torch.manual_seed(0)
-    return data, [build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).eval()
-                  for _ in range(5)]
+    networks = [build("model", cfg.model, input_shape=data.input_shape, num_classes=data.n_classes).eval()
+                for _ in range(5)]
+    # as in the training process, where the models are logged: creating an optimizer imports torch._dynamo
+    torch.optim.Adam(networks[0].parameters())
+    return data, networks
 
 
 def main() -> None:

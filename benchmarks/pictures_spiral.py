@@ -93,8 +93,8 @@ def job_pictures(data, results, models, out: Path, resolution: int):
         ("decision boundary", lambda: plots.plot_decision_boundary(
             out / "decision_boundary_test.png", regions[best], grid, x_test, y_test, names,
             f"fold {best + 1} model, test points: {1 - wrong.mean():.1%}", marked=wrong)),
-        ("confusion matrix", lambda: plots.plot_confusion_matrix(out / "confusion_matrix.png", y_test, predicted,
-                                                                 names, title)),
+        ("confusion matrix", lambda: plots.plot_confusion_matrix(
+            out / "confusion_matrix.png", plots.confusion_counts(y_test, predicted, len(names)), names, title)),
         ("per-class accuracy", lambda: plots.plot_per_class_accuracy(
             out / "per_class_accuracy.png", plots.per_class_accuracy(y_test, predicted, len(names)), names, title)),
     ]

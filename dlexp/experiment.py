@@ -337,10 +337,6 @@ def experiment_steps(cfg: DictConfig, output_dir: str | Path, overrides: list[st
     progress.configure(trainer_progress(cfg))
     start_helper()  # the picture process starts while the data loads
     log_models = bool(OmegaConf.select(cfg, "tracking.log_models", default=True))
-    if log_models:
-        from dlexp.tracking import models as run_models
-
-        run_models.start_warm_up()  # the export machinery loads in the helper while this process trains
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer
@@ -429,12 +425,15 @@ def experiment_steps(cfg: DictConfig, output_dir: str | Path, overrides: list[st
         predicted = class_probabilities(best_model, x_test, eval_transform).argmax(dim=1).cpu()
         summary["test_per_class"] = class_report(data.class_names, data.y_test, predicted, split_check.untested)
         summary["split_warnings"] = split_check.warnings
-        # The helper process draws the run's pictures while this one draws the classification ones.
+        # The helper process draws the run's pictures while this one draws the classification ones, or, where
+        # it logs the run's models (below), all of them.
         for picture in [*run_pictures(writer, plot_dir, summary, results, best_model, data, device, grid),
-                        *classification_pictures(writer, plot_dir, summary, data, predicted, here=True)]:
+                        *classification_pictures(writer, plot_dir, summary, data, predicted, here=not log_models)]:
             writer.log_artifact(client, run_id, picture, "plots")
-        if log_models:  # after the metrics, which MLflow links to the models
-            run_models.log_run_models(writer, mlflow.get_tracking_uri(), run_id, best_model, models, data)
+        if log_models:  # after the metrics, which MLflow links to the models; here, while the helper draws
+            from dlexp.tracking.models import log_run_models
+
+            log_run_models(writer, mlflow.get_tracking_uri(), run_id, best_model, models, data)
         # A launcher finishing several jobs lets the next job's work here overlap this one's pictures in the helper.
         yield WAITING_FOR_PICTURES
         writer.drain()  # every picture is in the store before the model and summary are written

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -223,6 +224,36 @@ def test_system_metrics_are_recorded_by_mlflow_only_when_switched_on(store, monk
         assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
     else:
         assert not system
+
+
+def test_the_models_are_made_in_the_training_process_without_mlflows_scan_of_installed_packages(store, monkeypatch):
+    """Where the cost of logging models went (benchmarks/README.md): the run's training process makes them; the
+    helper process that draws never loads the export machinery or scikit-learn; and MLflow's check of the
+    pinned requirements against every installed package is skipped, its requirements still pinned."""
+    from mlflow.utils import requirements_utils
+
+    from dlexp.tracking import background
+    from dlexp.tracking.models import pip_requirements
+
+    background._shutdown()  # a helper of this test's own: earlier tests gave theirs other work
+    scans = []
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # as in a fresh process
+    monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions",
+                        lambda: scans.append(1) or {})
+    overrides = ["+experiment=spiral", *QUICK, *store["overrides"]]
+    out = store["dir"] / "run"
+    run_experiment(compose_config(overrides), out, overrides)
+    run = finished_run(store, "spiral", out)
+
+    models = store["client"].search_logged_models([run.info.experiment_id])
+    assert sorted(model.name for model in models) == ["ensemble", "model"]
+    assert scans == []
+    requirements = mlflow.pyfunc.get_model_dependencies(f"runs:/{run.info.run_id}/model")
+    requirements = Path(requirements).read_text().split()
+    assert requirements == list(pip_requirements())
+    in_helper = background.picture_pool().submit(
+        eval, "sorted(m for m in ('sklearn', 'torch._dynamo', 'torch.export') if m in __import__('sys').modules)")
+    assert in_helper.result() == []
 
 
 def test_a_model_that_cannot_be_exported_leaves_the_run_finished_and_says_why(store, monkeypatch):

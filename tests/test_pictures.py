@@ -156,8 +156,9 @@ def test_a_reused_figure_draws_the_same_pixels_as_a_new_one(tmp_path):
                         lambda p: plots.plot_loss_curves(p, short, {"fold 2": 2})),
         "data": (lambda p: plots.plot_data(p, x1, y1, x1[:20], y1[:20], names),
                  lambda p: plots.plot_data(p, x2, y2, x2[:5], y2[:5], names[:2])),
-        "confusion_matrix": (lambda p: plots.plot_confusion_matrix(p, y1, y1[::-1], names, "first"),
-                             lambda p: plots.plot_confusion_matrix(p, y1, y1, list("vwxyz"), "second")),
+        "confusion_matrix": (
+            lambda p: plots.plot_confusion_matrix(p, plots.confusion_counts(y1, y1[::-1], 5), names, "first"),
+            lambda p: plots.plot_confusion_matrix(p, plots.confusion_counts(y1, y1, 5), list("vwxyz"), "second")),
         "per_class_accuracy": (
             lambda p: plots.plot_per_class_accuracy(p, np.array([0.1, 0.5, np.nan, 1, 0.9]), names, "first"),
             lambda p: plots.plot_per_class_accuracy(p, np.array([0.9, 0.2, 0.3, 0.4, 0.5]), list("vwxyz"), "2nd")),

@@ -181,12 +181,18 @@ def plot_decision_boundary(
     return _save(fig, path)
 
 
-def plot_confusion_matrix(path: Path, y_true, y_pred, class_names: Sequence[str], title: str) -> Path:
-    """Counts of true class (rows) against predicted class (columns), each cell written out."""
+def confusion_counts(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """``n_classes x n_classes`` int64 counts, true class (rows) against predicted class (columns)
+    (scikit-learn's ``confusion_matrix``). Computed where the predictions are (the training process, which has
+    scikit-learn loaded), so the helper process that draws never imports it (~0.7 s of CPU, measured)."""
     from sklearn.metrics import confusion_matrix
 
+    return confusion_matrix(np.asarray(y_true), np.asarray(y_pred), labels=np.arange(n_classes))
+
+
+def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: Sequence[str], title: str) -> Path:
+    """:func:`confusion_counts`' ``matrix`` as a picture, each cell written out."""
     n = len(class_names)
-    matrix = confusion_matrix(np.asarray(y_true), np.asarray(y_pred), labels=np.arange(n))
     fig, (ax,) = _reused("confusion_matrix", (1.2 * n + 3, 1.2 * n + 2), margins=False)
     ax.imshow(matrix, cmap="Blues")
     for i in range(n):

@@ -58,8 +58,8 @@ def classification_pictures(writer: Writer, plot_dir: Path, summary: dict, data,
     title = f"fold {summary['best_fold']} model on the test set: {summary['test_acc']:.1%}"
     per_class = plots.per_class_accuracy(y_test, predicted, data.n_classes)
     pictures = [
-        writer.render("plot_confusion_matrix", plot_dir / "confusion_matrix.png", y_test, predicted,
-                      data.class_names, title, here=here),
+        writer.render("plot_confusion_matrix", plot_dir / "confusion_matrix.png",
+                      plots.confusion_counts(y_test, predicted, data.n_classes), data.class_names, title, here=here),
         writer.render("plot_per_class_accuracy", plot_dir / "per_class_accuracy.png", per_class,
                       data.class_names, title, here=here),
     ]

@@ -2,9 +2,9 @@
 
 Measured on the 2-core machine (benchmarks/README.md): a run's 16 PNGs cost more CPU than the batched
 training itself, and matplotlib holds the GIL while it draws, so a thread would only take turns with
-training. A helper process draws on the second core instead; it imports matplotlib, numpy and MLflow (and
-torch, where a run logs its MLflow models there: dlexp.tracking.models), starts once per dlexp process and
-serves every run and sweep job in it.
+training. A helper process draws on the second core instead; it imports matplotlib, numpy and MLflow (not
+scikit-learn or torch's export machinery: what needs them is done in the training process, which has them
+loaded), starts once per dlexp process and serves every run and sweep job in it.
 
 MLflow writes (SQLite or HTTP) go through one writer thread in order, so a fold's run is closed only after
 its metrics and pictures are in, and training never waits for the store. The writer thread only hands the

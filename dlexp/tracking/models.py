@@ -9,20 +9,23 @@ Each is an MLflow model with two flavors, written through MLflow's own custom-fl
 - ``python_function``: dlexp.models.dlexp_pyfunc, copied into the model's ``code/`` folder, which takes raw
   input (a DataFrame of feature columns, image files or arrays) and returns class names and probabilities.
 
-The signature and input example are the pyfunc's (raw input); both models are logged after the run's summary
-metrics, which MLflow then links to them (``Model.log`` copies a run's step-0 metrics to its model).
+The signature and input example are the pyfunc's (raw input); both models are logged by the training process
+after the run's summary metrics, which MLflow then links to them (``Model.log`` copies a run's step-0 metrics
+to its model), while the helper process draws the run's pictures (:func:`log_run_models`).
 Load: ``mlflow.pyfunc.load_model("runs:/<run id>/model")`` (or ``/ensemble``, or ``models:/NAME@champion``
 once registered, dlexp.tracking.registry).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import logging
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +102,28 @@ def pip_requirements() -> tuple[str, ...]:
                                                             "pillow"))
 
 
+@contextlib.contextmanager
+def requirements_taken_as_pinned() -> Iterator[None]:
+    """MLflow's save without its check that the given requirements match the installed packages
+    (``warn_dependency_requirement_mismatches``): it maps every installed distribution's files to its modules
+    (``importlib_metadata.packages_distributions``), 0.48 s of CPU the first time in a process, the largest
+    part of logging a run's models once ``torch.export`` is loaded (measured, benchmarks/README.md), and it
+    cannot find a mismatch in :func:`pip_requirements`, which are the installed versions. MLflow has no
+    switch for it; where its module no longer has the name, nothing is changed (the save is only slower)."""
+    from mlflow.utils import environment
+
+    name = "warn_dependency_requirement_mismatches"
+    check = getattr(environment, name, None)
+    if check is None:
+        yield
+        return
+    setattr(environment, name, lambda requirements: None)
+    try:
+        yield
+    finally:
+        setattr(environment, name, check)
+
+
 def save_model(path: str, mlflow_model: Model, pytorch_model: torch.nn.Module, spec: dict,
                tensor_example: np.ndarray, signature: ModelSignature, input_example=None,
                pip_requirements: list[str] | None = None, **kwargs) -> None:
@@ -114,9 +139,10 @@ def save_model(path: str, mlflow_model: Model, pytorch_model: torch.nn.Module, s
     # the network once more to infer it; the raw input's signature replaces it below
     tensor_signature = ModelSignature(inputs=Schema([TensorSpec(tensor_example.dtype,
                                                                 (-1, *tensor_example.shape[1:]))]))
-    mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, serialization_format="pt2",
-                              signature=tensor_signature, input_example=tensor_example,
-                              pip_requirements=pip_requirements)
+    with requirements_taken_as_pinned():
+        mlflow.pytorch.save_model(pytorch_model, path, mlflow_model=mlflow_model, serialization_format="pt2",
+                                  signature=tensor_signature, input_example=tensor_example,
+                                  pip_requirements=pip_requirements)
     root = Path(path)
     (root / "data" / dlexp_pyfunc.PREPROCESSING_FILE).write_text(json.dumps(spec, indent=2))
     (root / "code").mkdir(exist_ok=True)
@@ -135,7 +161,7 @@ def save_model(path: str, mlflow_model: Model, pytorch_model: torch.nn.Module, s
 
 @dataclass
 class ModelToLog:
-    """One LoggedModel to make: what :func:`log_model` needs, picklable for the helper process."""
+    """One LoggedModel to make: what :func:`log_model` needs."""
 
     name: str
     network: torch.nn.Module  # a CPU copy in eval mode
@@ -163,8 +189,8 @@ def models_to_log(best_model: torch.nn.Module, fold_models: list[torch.nn.Module
     return items
 
 
-#: the run's tags its LoggedModels get too (where the code came from; MLflow would read them again from the
-#: helper process's context, which costs ~0.2 s and says less: its source is the helper, not dlexp)
+#: the run's tags its LoggedModels get too (where the code came from; MLflow would resolve them again from the
+#: process's context, which costs ~0.2 s: it checks for IPython, git, ...)
 SOURCE_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
                "mlflow.source.git.branch", "mlflow.source.git.repoURL")
 
@@ -187,7 +213,7 @@ def log_model(item: ModelToLog, run_id: str, experiment_id: str, params: dict[st
 
 
 def log_models_for(tracking_uri: str, run_id: str, items: list[ModelToLog]) -> list[str]:
-    """Log ``items`` on ``run_id`` of the store at ``tracking_uri`` (in the helper process), each with the run's
+    """Log ``items`` on ``run_id`` of the store at ``tracking_uri``, each with the run's
     params and source tags (as MLflow's ``Model.log`` would give them); their model ids."""
     mlflow.set_tracking_uri(tracking_uri)
     run = mlflow.MlflowClient().get_run(run_id)
@@ -195,62 +221,23 @@ def log_models_for(tracking_uri: str, run_id: str, items: list[ModelToLog]) -> l
     return [log_model(item, run_id, run.info.experiment_id, run.data.params, tags).model_id for item in items]
 
 
-_warm = False  # in this process (the helper serves every job of a sweep)
-
-
-def warm_up() -> None:
-    """What the first model logging of a process costs, paid early (in the helper, while training runs), once
-    per process: a whole :func:`save_model` of a tiny ensemble into a temporary folder (no store). The first
-    ``torch.export`` of a process imports its machinery (~1.6 s of CPU, ~1300 modules: dynamo, sympy, ...), the
-    first of an ensemble more (softmax, stack, mean), and the first MLflow model save imports the pyfunc modules
-    and pins the requirements (~0.5 s); after it, a process's first logging costs what later ones do
-    (benchmarks/README.md)."""
-    global _warm
-    if _warm:
-        return
-    import tempfile
-
-    network = MeanProbabilities([torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU(),
-                                                     torch.nn.Linear(4, 3))]).eval()
-    spec = {"class_names": ["a", "b", "c"], "outputs": "probabilities", "kind": "points",
-            "feature_columns": feature_columns(2)}
-    example = pd.DataFrame(np.zeros((2, 2)), columns=spec["feature_columns"])
-    with tempfile.TemporaryDirectory() as folder:
-        save_model(str(Path(folder) / "model"), Model(), network, spec, np.zeros((2, 2), np.float32),
-                   raw_signature(spec), example, list(pip_requirements()))
-    _warm = True
-
-
-def start_warm_up() -> None:
-    """:func:`warm_up` in the helper process, while this one loads data and trains; nothing where there is no
-    helper (a parallel launcher's worker: the first model logging pays it there)."""
-    from dlexp.tracking.background import helper_possible, run_in_helper
-
-    if helper_possible():
-        run_in_helper(warm_up)
-
-
 def log_run_models(writer, tracking_uri: str, run_id: str, best_model: torch.nn.Module,
                    fold_models: list[torch.nn.Module], data: ExperimentData) -> None:
-    """Log the run's models in the helper process (dlexp.tracking.background), after what it was given
-    before (the run's pictures); ``writer.drain()`` waits for them. Off the training process because a
-    process's first ``torch.export`` costs ~2 s of CPU (paid by :func:`warm_up` in the helper while this one
-    trains), and each model ~0.2 s more (benchmarks/README.md). A model that cannot be exported or logged does not fail
-    the run: a warning says why, and so does the tag ``dlexp.model_error``."""
-    from dlexp.tracking.background import Aborted, run_in_helper
-
-    future = run_in_helper(log_models_for, tracking_uri, run_id, models_to_log(best_model, fold_models, data))
-    writer.futures.append(future)
-
-    def wait() -> None:
-        try:
-            writer.wait_for(future)
-        except Aborted:
-            raise
-        except Exception as error:  # noqa: BLE001 (the run's results stand; the model's absence is said)
-            reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-            log.warning("the run's MLflow models could not be logged (%s); its results and model.pt stand", reason)
-            # through the writer: a server that went away gets the tag from the run folder's journal (dlexp sync)
-            writer.store_call(tracking_uri, "set_tag", run_id, MODEL_ERROR_TAG, reason[:5000])
-
-    writer.submit(wait)
+    """Log the run's models in this process, while the helper process draws the run's pictures and makes
+    the writes queued before (dlexp.tracking.background). This process has already paid for most of what a
+    first ``torch.export`` needs (creating a torch optimizer imports ``torch._dynamo``, ~1 s of CPU): its two
+    models cost ~0.5 s of CPU here, against ~3 s in the helper, which would import the export machinery,
+    torch's and MLflow's model modules anew, and whose queue would then hold the run's pictures and writes
+    behind that (benchmarks/README.md, "Where the models are made"). A model that cannot be exported or
+    logged does not fail the run: a warning says why, and so does the tag ``dlexp.model_error``; so does a
+    tracking server that is away (``writer.journal`` offline: not waited for again)."""
+    journal = writer.journal
+    try:
+        if journal is not None and journal.offline:
+            raise ConnectionError("the tracking server is away")
+        log_models_for(tracking_uri, run_id, models_to_log(best_model, fold_models, data))
+    except Exception as error:  # noqa: BLE001 (the run's results stand; the model's absence is said)
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        log.warning("the run's MLflow models could not be logged (%s); its results and model.pt stand", reason)
+        # through the writer: a server that went away gets the tag from the run folder's journal (dlexp sync)
+        writer.submit(writer.store_call, tracking_uri, "set_tag", run_id, MODEL_ERROR_TAG, reason[:5000])
