@@ -257,13 +257,10 @@ def test_the_models_are_made_in_the_training_process_without_mlflows_scan_of_ins
 
 
 def test_a_model_that_cannot_be_exported_leaves_the_run_finished_and_says_why(store, monkeypatch):
-    from dlexp.tracking import models
-
     def refuse(*args, **kwargs):
         raise RuntimeError("torch.export cannot trace this model")
 
-    monkeypatch.setattr(models, "log_models_for", refuse)
-    monkeypatch.setattr("dlexp.tracking.background.helper_possible", lambda: False)  # the patch holds here
+    monkeypatch.setattr(torch.export, "export", refuse)  # what mlflow.pytorch calls for the pt2 format
     overrides = ["+experiment=spiral", *QUICK, *store["overrides"]]
     out = store["dir"] / "run"
     run_experiment(compose_config(overrides), out, overrides)
@@ -271,6 +268,9 @@ def test_a_model_that_cannot_be_exported_leaves_the_run_finished_and_says_why(st
     assert run.info.status == "FINISHED"
     assert run.data.tags["dlexp.model_error"] == "RuntimeError: torch.export cannot trace this model"
     assert (out / "model.pt").is_file()
+    # the model it began is marked FAILED (the UI's Models tab), not left PENDING; the ensemble was not begun
+    models = store["client"].search_logged_models([run.info.experiment_id])
+    assert [(model.name, str(model.status)) for model in models] == [("model", "FAILED")]
 
 
 def test_a_dataset_another_job_is_inserting_at_the_same_moment_is_linked_on_a_retry(store, monkeypatch):

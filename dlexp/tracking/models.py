@@ -33,6 +33,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.entities import LoggedModelStatus
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
@@ -203,13 +204,19 @@ def log_model(item: ModelToLog, run_id: str, experiment_id: str, params: dict[st
     The LoggedModel is created here (``MlflowClient.create_logged_model``) and handed to ``Model.log`` by
     ``model_id``, which then neither resolves the process's context tags nor reads the run's params again;
     ``Model.log`` still links the model to the run and copies the run's step-0 metrics onto it."""
-    model = mlflow.MlflowClient().create_logged_model(experiment_id, name=item.name, source_run_id=run_id,
-                                                      params=params, tags=tags)
-    return Model.log(artifact_path=None, name=item.name, flavor=sys.modules[__name__], run_id=run_id,
-                     model_id=model.model_id, pytorch_model=item.network, spec=item.spec,
-                     tensor_example=item.tensor_example, signature=raw_signature(item.spec),
-                     input_example=item.raw_example, pip_requirements=list(pip_requirements()),
-                     validate_serving_input=False)
+    client = mlflow.MlflowClient()
+    model = client.create_logged_model(experiment_id, name=item.name, source_run_id=run_id, params=params,
+                                       tags=tags)
+    try:
+        return Model.log(artifact_path=None, name=item.name, flavor=sys.modules[__name__], run_id=run_id,
+                         model_id=model.model_id, pytorch_model=item.network, spec=item.spec,
+                         tensor_example=item.tensor_example, signature=raw_signature(item.spec),
+                         input_example=item.raw_example, pip_requirements=list(pip_requirements()),
+                         validate_serving_input=False)
+    except BaseException:  # an export error, Ctrl-C: the model is FAILED in the UI, not left PENDING
+        with contextlib.suppress(Exception):
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
 
 
 def log_models_for(tracking_uri: str, run_id: str, items: list[ModelToLog]) -> list[str]:
