@@ -90,6 +90,9 @@ def test_a_server_killed_mid_run_loses_nothing_and_the_sync_completes_the_run(tm
     folds = store.search_runs([experiment.experiment_id],
                               filter_string=f"tags.`mlflow.parentRunId` = '{job.info.run_id}'")
     assert {r.info.status for r in folds} == {"FINISHED"}
+    # its MLflow models were not tried against the dead server; the run says why it has none
+    assert job.data.tags["dlexp.model_error"] == (
+        "ConnectionError: the tracking server stopped answering earlier in this run")
 
 
 @pytest.mark.full

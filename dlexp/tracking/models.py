@@ -232,16 +232,17 @@ def log_run_models(writer, tracking_uri: str, run_id: str, best_model: torch.nn.
                    fold_models: list[torch.nn.Module], data: ExperimentData) -> None:
     """Log the run's models in this process, while the helper process draws the run's pictures and makes
     the writes queued before (dlexp.tracking.background). This process has already paid for most of what a
-    first ``torch.export`` needs (creating a torch optimizer imports ``torch._dynamo``, ~1 s of CPU): its two
-    models cost ~0.5 s of CPU here, against ~3 s in the helper, which would import the export machinery,
-    torch's and MLflow's model modules anew, and whose queue would then hold the run's pictures and writes
-    behind that (benchmarks/README.md, "Where the models are made"). A model that cannot be exported or
-    logged does not fail the run: a warning says why, and so does the tag ``dlexp.model_error``; so does a
-    tracking server that is away (``writer.journal`` offline: not waited for again)."""
+    first ``torch.export`` needs (creating a torch optimizer imports ``torch._dynamo``, ~1 s of CPU): the
+    spiral's two models take ~0.75 s here the first time in a process, ~0.3 s for a sweep's later jobs,
+    against ~3 s of CPU in the helper, which would import torch, the export machinery and MLflow's model
+    modules anew while its queue held the run's pictures and writes (benchmarks/README.md, "Where the models
+    are made"). A model that cannot be exported or logged does not fail the run: a warning says why, and so
+    does the tag ``dlexp.model_error``; so does a tracking server that stopped answering earlier in the run
+    (``writer.journal`` offline), which is not waited for again."""
     journal = writer.journal
     try:
         if journal is not None and journal.offline:
-            raise ConnectionError("the tracking server is away")
+            raise ConnectionError("the tracking server stopped answering earlier in this run")
         log_models_for(tracking_uri, run_id, models_to_log(best_model, fold_models, data))
     except Exception as error:  # noqa: BLE001 (the run's results stand; the model's absence is said)
         reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
