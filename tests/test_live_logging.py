@@ -87,6 +87,34 @@ def test_a_running_fold_already_has_its_epochs_in_the_store(store, tmp_path):
     assert all(series == counts["val_loss"] for series in counts.values())
 
 
+class DeleteTheRunningTagOnce(TrainingHooks):
+    """Deletes the job run's ``dlexp.running_fold`` tag behind dlexp's back once it is in the store, as a
+    tracking server's retried request (whose first try went through) or a requeued job's earlier attempt does."""
+
+    def __init__(self, client) -> None:
+        self.client, self.deleted = client, False
+
+    def epoch_end(self, fold, epoch, metrics) -> None:
+        if self.deleted or epoch % 5:
+            return
+        jobs, _ = runs(self.client)
+        if jobs and "dlexp.running_fold" in jobs[0].data.tags:
+            self.client.delete_tag(jobs[0].info.run_id, "dlexp.running_fold")
+            self.deleted = True
+
+
+def test_a_running_fold_tag_deleted_already_is_no_error_at_the_end(store, tmp_path):
+    overrides = ["+experiment=spiral", "trainer.folds=2", "trainer.max_epochs=200", "trainer.patience=200",
+                 "trainer.strategy=sequential", "plots.grid_resolution=20", "tracking.log_models=false",
+                 *store["overrides"]]
+    hook = DeleteTheRunningTagOnce(store["client"])
+    run_experiment(compose_config(overrides), tmp_path / "out", overrides, hooks=hook)
+    assert hook.deleted
+    jobs, folds = runs(store["client"])
+    assert [r.info.status for r in jobs + folds] == ["FINISHED"] * 3
+    assert "dlexp.running_fold" not in jobs[0].data.tags
+
+
 class InterruptAfterFirstFoldStops(TrainingHooks):
     """SIGTERM as the signal handler delivers it (dlexp.interrupts), one epoch after a fold early-stopped."""
 

@@ -24,6 +24,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
 
@@ -116,7 +117,7 @@ class FoldRuns(TrainingHooks):
         if text:
             self.client.set_tag(self.job_run_id, RUNNING_FOLD_TAG, text)
         elif self.tagged:
-            self.client.delete_tag(self.job_run_id, RUNNING_FOLD_TAG)
+            delete_running_tag(self.client, self.job_run_id)
         self.tagged = bool(text)
 
     def _flush(self) -> None:
@@ -184,7 +185,18 @@ class FoldRuns(TrainingHooks):
             client.set_tag(run.info.run_id, "dlexp.error", one_line(error))
             client.set_terminated(run.info.run_id, RunStatus.to_string(status))
         if self.tagged:
-            client.delete_tag(self.job_run_id, RUNNING_FOLD_TAG)
+            delete_running_tag(client, self.job_run_id)
+
+
+def delete_running_tag(client, job_run_id: str) -> None:
+    """Delete the job run's ``dlexp.running_fold`` tag; one that is gone already is what was wanted (a
+    tracking server's retried request whose first try deleted it, an earlier attempt of a requeued job), not
+    an error: MLflow's RESOURCE_DOES_NOT_EXIST is taken as done (seen failing a requeued SLURM job)."""
+    try:
+        client.delete_tag(job_run_id, RUNNING_FOLD_TAG)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 def fold_pictures(writer: Writer, result: FoldResult, model: torch.nn.Module, fold_dir: Path, data, grid,
