@@ -376,14 +376,13 @@ def test_a_trial_cancelled_with_scancel_is_a_failed_trial_and_the_search_goes_on
     assert results.best_trial == 0
 
 
-#: 2000 epochs, one fold after the other, no early stop: ~1 min of training on an idle machine (25-40 ms an
-#: epoch), which attempts of ~30 s under SLURM's shortest time limit, each starting Python again, do in 3-5.
-#: Longer than two attempts can train on a fast node: the warning comes at most ~59 s into an attempt, and a
-#: job of 2 x 4000 epochs needed only one requeue in a CI run (its first attempt was warned 59 s in, and it
-#: trained ~95 epochs/s: 2272 epochs in 24 s); 2 x 7000 epochs are ~150 s there: at least 2 requeues.
+#: Epochs per fold, one fold after the other, no early stop: longer than two attempts can train on a fast node.
+#: The warning comes at most ~59 s into an attempt, and a job of 2 x 4000 epochs needed only one requeue in a
+#: CI run (its first attempt was warned 59 s in, and it trained ~95 epochs/s: 2272 epochs in 24 s); 2 x 7000
+#: epochs are ~150 s there: at least 2 requeues.
 EPOCHS = 7000
-#: No MLflow models (their export takes seconds): after its training, a job's last attempt has its pictures,
-#: summary and model.pt to make before its warning, and a busy node takes ~30 s to start an attempt.
+#: No MLflow models: after its training, a job's last attempt has its pictures, summary and model.pt to make
+#: before its warning (models would add ~1 s more), and a busy node takes ~30 s to start an attempt.
 TIMED = ["+experiment=spiral", "plots.grid_resolution=20", "trainer.strategy=sequential", "trainer.folds=2",
          f"trainer.max_epochs={EPOCHS}", "trainer.patience=null", "tracking.log_models=false"]
 

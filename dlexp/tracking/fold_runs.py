@@ -24,14 +24,13 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import Metric, Param, RunStatus
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context import registry as context_registry
 
 from dlexp.interrupts import Requeued
 from dlexp.tracking.background import HelperClient, Writer
 from dlexp.tracking.naming import fold_run_name
-from dlexp.tracking.store import one_line
+from dlexp.tracking.store import delete_tag_if_present, one_line
 from dlexp.training.loop import FoldResult, TrainingHooks
 
 FLUSH_SECONDS = 2.0  # how often a running fold's new epochs are written
@@ -117,7 +116,7 @@ class FoldRuns(TrainingHooks):
         if text:
             self.client.set_tag(self.job_run_id, RUNNING_FOLD_TAG, text)
         elif self.tagged:
-            delete_running_tag(self.client, self.job_run_id)
+            delete_tag_if_present(self.client, self.job_run_id, RUNNING_FOLD_TAG)
         self.tagged = bool(text)
 
     def _flush(self) -> None:
@@ -185,18 +184,7 @@ class FoldRuns(TrainingHooks):
             client.set_tag(run.info.run_id, "dlexp.error", one_line(error))
             client.set_terminated(run.info.run_id, RunStatus.to_string(status))
         if self.tagged:
-            delete_running_tag(client, self.job_run_id)
-
-
-def delete_running_tag(client, job_run_id: str) -> None:
-    """Delete the job run's ``dlexp.running_fold`` tag; one that is gone already is what was wanted (a
-    tracking server's retried request whose first try deleted it, an earlier attempt of a requeued job), not
-    an error: MLflow's RESOURCE_DOES_NOT_EXIST is taken as done (seen failing a requeued SLURM job)."""
-    try:
-        client.delete_tag(job_run_id, RUNNING_FOLD_TAG)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
+            delete_tag_if_present(client, self.job_run_id, RUNNING_FOLD_TAG)
 
 
 def fold_pictures(writer: Writer, result: FoldResult, model: torch.nn.Module, fold_dir: Path, data, grid,

@@ -104,6 +104,8 @@ class LoggedFold:
 
 def logged_folds(client, experiment_id: str, job_run_id: str) -> dict[int, LoggedFold]:
     """The fold runs under ``job_run_id`` by fold number (the latest one where a fold has several)."""
+    from dlexp.tracking.store import delete_tag_if_present
+
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{job_run_id}'",
                               order_by=["attributes.start_time ASC"], max_results=1000)
     folds: dict[int, LoggedFold] = {}
@@ -112,7 +114,7 @@ def logged_folds(client, experiment_id: str, job_run_id: str) -> dict[int, Logge
             continue
         finished = run.info.status == "FINISHED"
         if not finished and ERROR_TAG in run.data.tags:  # this fold continues: its interruption is over
-            client.delete_tag(run.info.run_id, ERROR_TAG)
+            delete_tag_if_present(client, run.info.run_id, ERROR_TAG)
         last_step = {} if finished else {
             key: max((m.step for m in client.get_metric_history(run.info.run_id, key)), default=0)
             for key in HISTORY_KEYS}
@@ -128,7 +130,7 @@ def job_checkpoints(cfg, experiment_id: str, output_dir: Path, parent_run_id: st
     not continued."""
     from mlflow.tracking import MlflowClient
 
-    from dlexp.tracking.store import code_hash, config_hash
+    from dlexp.tracking.store import code_hash, config_hash, delete_tag_if_present
 
     identity = {"config_hash": config_hash(cfg), "code_hash": code_hash(), "data_digest": data_digest or ""}
     checkpoints = Checkpoints(Path(output_dir) / CHECKPOINT_DIR, identity, every)
@@ -141,7 +143,7 @@ def job_checkpoints(cfg, experiment_id: str, output_dir: Path, parent_run_id: st
             # The interruption is over: the run says so no more (it ends as this attempt does).
             (Path(output_dir) / "FAILED.txt").unlink(missing_ok=True)
             if ERROR_TAG in run.data.tags:
-                MlflowClient().delete_tag(run.info.run_id, ERROR_TAG)
+                delete_tag_if_present(MlflowClient(), run.info.run_id, ERROR_TAG)
             return checkpoints, run
     if checkpoints.lock():  # a new run: what an earlier run left in this folder (a sweep job's) is not its own
         checkpoints.clear()

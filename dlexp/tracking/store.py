@@ -339,6 +339,20 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def delete_tag_if_present(client, run_id: str, key: str) -> None:
+    """``client.delete_tag(run_id, key)``, where a tag that is gone already is what was wanted, not an error.
+    MLflow's delete is not idempotent (RESOURCE_DOES_NOT_EXIST), and the tag can be gone: a tracking server's
+    retried request (dlexp bounds HTTP calls with retries, dlexp.tracking.offline) whose first try went
+    through, or another attempt of a requeued job (seen failing a requeued SLURM job with a traceback)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_tag(run_id, key)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
 def one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:5000]

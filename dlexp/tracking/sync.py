@@ -60,8 +60,9 @@ class Replayer:
             self.logged(run_id, m.key).add((m.step, m.value))
 
     def delete_tag(self, run_id: str, key: str) -> None:
-        if key in self.client.get_run(run_id).data.tags:
-            self.client.delete_tag(run_id, key)
+        from dlexp.tracking.store import delete_tag_if_present
+
+        delete_tag_if_present(self.client, run_id, key)
 
     def call(self, method: str, args: list, kwargs: dict):
         own = getattr(self, method, None) if method in ("log_batch", "delete_tag") else None
